@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Torch is installed first, pinned; everything else is installed under a constraints file that holds
+# torch at the installed version, so no dependency can swap it for a multi-gigabyte CUDA build.
+# Users with a GPU override the pin, e.g.:
+#   make demo TORCH_SPEC="torch==2.13.0" TORCH_PIP_ARGS="--index-url https://<your torch index>/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+OUT ?= out/demo
+
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+CONSTRAINTS := $(VENV)/constraints.txt
+STAMP := $(VENV)/.aisec-installed
+
+.PHONY: demo test test-all bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(CONSTRAINTS): $(BIN)/python
+	$(PIP) install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $(CONSTRAINTS)
+
+$(STAMP): $(CONSTRAINTS) pyproject.toml
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	touch $(STAMP)
+
+$(VENV)/.aisec-bench: $(STAMP)
+	# torchattacks declares torchvision, which it does not need for its attacks and which has no CPU build here.
+	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps torchattacks==3.5.1
+	$(PIP) install --quiet -c $(CONSTRAINTS) scipy tqdm requests
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/aisec demo --output $(OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m ""
+
+bench: $(VENV)/.aisec-bench
+	$(BIN)/python bench/evasion.py
+
+clean:
+	rm -rf $(VENV) out build *.egg-info src/*.egg-info

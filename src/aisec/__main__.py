@@ -1,0 +1,3 @@
+from aisec.cli import main
+
+main()

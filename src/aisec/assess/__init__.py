@@ -1,0 +1,1 @@
+"""Threat model, assessment plans, probes (attack + metric + policy -> finding) and the runner."""

@@ -1,0 +1,187 @@
+"""The YAML assessment plan: what to attack, with which data, under which threat model and policy.
+
+Validated with pydantic; every error names the file, the line and the field (`plan.yaml:7: target.kind: ...`).
+The schema is documented in docs/plan.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aisec.assess.threat_model import ThreatModel
+from aisec.attacks.evasion.registry import ATTACK_NAMES
+from aisec.errors import PlanError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSection(_Section):
+    shape: tuple[int, ...] = Field(min_length=1, description="shape of one sample, e.g. [1, 8, 8]")
+    num_classes: int = Field(ge=2)
+    lower: float | tuple[float, ...] = 0.0
+    upper: float | tuple[float, ...] = 1.0
+
+
+class TargetSection(_Section):
+    """The model. torch: `factory` builds the module (your code) and `path` holds its weights (a state dict,
+    read with torch.load(weights_only=True)). onnx: `path` is the model. sklearn and torchscript files run code
+    when loaded: they are refused unless `trusted: true`."""
+
+    kind: Literal["torch", "torchscript", "onnx", "sklearn"]
+    path: Path
+    factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    trusted: bool = False
+    input: InputSection
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _factory_for_torch(self) -> TargetSection:
+        if self.kind == "torch" and self.factory is None:
+            raise ValueError("a torch target needs `factory: package.module:function` that builds the module")
+        if self.kind != "torch" and self.factory is not None:
+            raise ValueError(f"`factory` applies to torch targets only, not {self.kind}")
+        return self
+
+
+class DataSection(_Section):
+    builtin: Literal["digits", "breast_cancer"] | None = None
+    split: Literal["train", "test"] = "test"
+    path: Path | None = Field(None, description=".npz file with arrays `x` and `y`")
+    samples: int | None = Field(None, gt=0, description="a seeded random subset of this many samples")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of `builtin` or `path`")
+        return self
+
+
+class EvasionProbeSection(_Section):
+    attacks: tuple[str, ...] | None = Field(
+        None, description="attacks of the cascade, in order; default: the strongest the knowledge allows"
+    )
+    minimal_perturbation: bool = True
+    masking_checks: bool = True
+    examples: int = Field(6, ge=0, le=50)
+    batch_size: int = Field(1000, gt=0)
+
+    @field_validator("attacks")
+    @classmethod
+    def _known(cls, attacks: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if attacks is not None:
+            if not attacks:
+                raise ValueError("list at least one attack, or leave `attacks` out")
+            for name in attacks:
+                if name not in ATTACK_NAMES:
+                    raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACK_NAMES)}")
+        return attacks
+
+
+class ProbesSection(_Section):
+    evasion: EvasionProbeSection | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> ProbesSection:
+        if self.evasion is None:
+            raise ValueError("enable at least one probe (e.g. `evasion: {}`)")
+        return self
+
+
+class PolicySection(_Section):
+    """Thresholds; a finding that breaks one makes `aisec assess` exit with 1."""
+
+    min_clean_accuracy: float | None = Field(None, ge=0, le=1)
+    min_robust_accuracy: dict[float, float] = Field(
+        default_factory=dict, description="budget -> lowest acceptable robust accuracy at that budget"
+    )
+    fail_on_unreliable: bool = Field(True, description="fail when a masking check makes the figures unreliable")
+
+    @field_validator("min_robust_accuracy")
+    @classmethod
+    def _fractions(cls, thresholds: dict[float, float]) -> dict[float, float]:
+        for budget, value in thresholds.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"threshold at budget {budget} must be in [0, 1], got {value}")
+        return thresholds
+
+
+class Plan(_Section):
+    name: str = "assessment"
+    seed: int = 0
+    target: TargetSection
+    data: DataSection
+    threat_model: ThreatModel = ThreatModel()
+    probes: ProbesSection
+    policy: PolicySection = PolicySection()
+
+    @model_validator(mode="after")
+    def _policy_budgets_assessed(self) -> Plan:
+        missing = sorted(set(self.policy.min_robust_accuracy) - set(self.threat_model.budgets))
+        if missing:
+            raise ValueError(
+                f"policy.min_robust_accuracy names budgets {missing} that threat_model.budgets does not assess"
+            )
+        return self
+
+
+def load_plan(path: str | Path) -> tuple[Plan, str]:
+    """Read and validate a plan; relative paths in it are resolved against the plan's folder.
+
+    Returns the plan and the sha256 of the file. Raises PlanError naming the file, line and field.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PlanError(f"{path}: cannot read the plan: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        raise PlanError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: a plan is a YAML mapping with `target`, `data` and `probes`")
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = tuple(first["loc"])
+        field = ".".join(str(p) for p in loc) or "(plan)"
+        message = first["msg"].removeprefix("Value error, ")
+        raise PlanError(f"{path}:{_line_of(node, loc)}: {field}: {message}") from None
+    base = path.resolve().parent
+    plan = plan.model_copy(
+        update={
+            "target": plan.target.model_copy(update={"path": base / plan.target.path}),
+            "data": plan.data.model_copy(update={"path": base / plan.data.path if plan.data.path else None}),
+        }
+    )
+    return plan, hashlib.sha256(raw).hexdigest()
+
+
+def _line_of(node: Any, loc: tuple[Any, ...]) -> int:
+    """1-based line of the deepest YAML node on the path `loc` (the mapping's line if the key is missing)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if str(k.value) == str(part)), None)
+            if match is None:
+                return line
+            key = next(k for k, v in node.value if v is match)
+            line, node = key.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

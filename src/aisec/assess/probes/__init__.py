@@ -1,0 +1,1 @@
+"""Probes: one per attack class, each turning attack results into findings."""

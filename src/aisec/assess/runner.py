@@ -1,0 +1,94 @@
+"""Runs probes over a target and data and collects their findings into an Assessment (in-process executor)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aisec import __version__
+from aisec.assess.finding import Assessment, SubjectInfo
+from aisec.assess.plan import Plan, PolicySection, ProbesSection
+from aisec.assess.probe import AssessmentContext, Probe
+from aisec.assess.progress import NullProgress, Progress
+from aisec.assess.threat_model import ThreatModel
+from aisec.data.dataset import LabelledData, check_labels
+from aisec.targets.base import Target
+
+
+def build_probes(probes: ProbesSection) -> list[Probe]:
+    """The probes a plan enables, in a fixed order."""
+    from aisec.assess.probes.evasion import EvasionProbe
+
+    return [EvasionProbe(probes.evasion)] if probes.evasion is not None else []
+
+
+def run_assessment(
+    target: Target,
+    data: LabelledData,
+    probes: ProbesSection,
+    *,
+    threat_model: ThreatModel | None = None,
+    policy: PolicySection | None = None,
+    seed: int = 0,
+    name: str = "assessment",
+    model_source: str | None = None,
+    model_sha256: str | None = None,
+    progress: Progress | None = None,
+) -> Assessment:
+    """Check the data against the model's input spec, run every probe, and return the assessment.
+
+    The data is validated before any attack runs, so bad input fails fast and nothing is spent on it.
+    """
+    target.spec.check(data.x, what=data.name)
+    check_labels(data, target.spec.num_classes)
+    context = AssessmentContext(
+        target=target,
+        data=data,
+        threat_model=threat_model or ThreatModel(),
+        policy=policy or PolicySection(),
+        seed=seed,
+        model_sha256=model_sha256,
+        progress=progress or NullProgress(),
+    )
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    findings = [f for probe in build_probes(probes) for f in probe.run(context)]
+    return Assessment(
+        name=name,
+        tool_version=__version__,
+        started_at=started.isoformat(timespec="seconds"),
+        duration_s=round(time.perf_counter() - t0, 3),
+        subject=SubjectInfo(
+            target_kind=type(target).__name__,
+            access=target.access.value,
+            input_shape=tuple(target.spec.shape),
+            num_classes=target.spec.num_classes,
+            model_source=model_source,
+            model_sha256=model_sha256,
+            data_name=data.name,
+            data_samples=len(data),
+            data_sha256=data.sha256,
+        ),
+        threat_model=context.threat_model.model_dump(mode="json"),
+        findings=tuple(findings),
+    )
+
+
+def run_plan(plan: Plan, *, plan_path: Path | None = None, plan_sha256: str | None = None,
+             progress: Progress | None = None) -> Assessment:
+    """Load the plan's target and data (failing on bad input before any attack) and run its probes."""
+    import dataclasses
+
+    from aisec.data.loading import load_data
+    from aisec.targets.loading import load_target
+
+    target, digest = load_target(plan.target)
+    data = load_data(plan.data, seed=plan.seed)
+    assessment = run_assessment(
+        target, data, plan.probes, threat_model=plan.threat_model, policy=plan.policy, seed=plan.seed,
+        name=plan.name, model_source=str(plan.target.path), model_sha256=digest, progress=progress,
+    )
+    return dataclasses.replace(
+        assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+    )

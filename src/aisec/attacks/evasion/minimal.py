@@ -1,0 +1,98 @@
+"""Per-sample minimal perturbation: the smallest budget at which the model is fooled.
+
+This is the red team's "how sensitive is the model" figure. With a white box it is found by bisection on
+a per-sample PGD budget between a budget known to fail and one known to succeed (the cascade's results
+give both bounds cheaply); with scores or labels only, by HopSkipJump's minimal-norm search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aisec.attacks.evasion.inputs import prepare
+from aisec.attacks.evasion.norms import Norm, batch_norm
+from aisec.attacks.evasion.pgd import PGDConfig, pgd_per_sample
+from aisec.targets.base import Access, Target, WhiteBoxTarget
+
+
+@dataclass(frozen=True)
+class MinimalPerturbation:
+    """norm[i]: size of the smallest adversarial perturbation found for sample i (0 if misclassified
+    without attack, inf if none was found up to the whole input range); queries[i]: model queries spent."""
+
+    norm: torch.Tensor
+    x_adv: torch.Tensor
+    queries: torch.Tensor
+    norm_kind: Norm
+    max_budget: float
+
+
+def full_range_budget(target: Target, norm: Norm) -> float:
+    """A budget that lets the attacker reach any valid input: the input box's L-inf width or L2 diagonal."""
+    lo, hi = target.spec.bounds(torch.zeros(1, *target.spec.shape))
+    width = (hi - lo).expand(target.spec.shape)
+    return float(width.max()) if norm == "linf" else float(width.norm())
+
+
+def minimal_perturbation(
+    target: Target,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    norm: Norm,
+    *,
+    fooled_at: torch.Tensor | None = None,
+    robust_at: torch.Tensor | None = None,
+    bisections: int = 8,
+    steps: int = 20,
+    query_budget: int = 5000,
+    generator: torch.Generator | None = None,
+) -> MinimalPerturbation:
+    """Smallest fooling budget per sample.
+
+    fooled_at / robust_at (optional, per sample): budgets already known to fool / not to fool the model,
+    e.g. from the cascade; they narrow the bisection. Unknown upper bounds start at the full input range.
+    """
+    access = Access.WHITE_BOX if isinstance(target, WhiteBoxTarget) else Access.LABELS
+    b = prepare(target, x, y, None, access, "minimal perturbation")
+    max_budget = full_range_budget(target, norm)
+    if access is not Access.WHITE_BOX:
+        from aisec.attacks.evasion.hopskipjump import HSJConfig, hopskipjump
+
+        r = hopskipjump(target, b.x, b.y, HSJConfig(norm=norm, max_queries=query_budget), generator=generator)
+        found = torch.where(r.success, r.norm, torch.full_like(r.norm, float("inf")))
+        return MinimalPerturbation(found, r.x_adv, r.queries, norm, max_budget)
+
+    n = len(b.x)
+    hi = torch.full((n,), max_budget, device=b.x.device) if fooled_at is None else fooled_at.to(b.x.device).clone()
+    hi = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, max_budget))
+    lo = torch.zeros(n, device=b.x.device) if robust_at is None else robust_at.to(b.x.device).clone()
+    config = PGDConfig(eps=max_budget, steps=steps, restarts=1)
+    queries = torch.zeros(n, dtype=torch.int64, device=b.x.device)
+    with torch.no_grad():
+        clean_wrong = target.labels(b.x) != b.y
+    queries += 1
+
+    # Confirm the upper bounds: a point not fooled at its upper bound gets an infinite minimal budget.
+    best, ok, used = pgd_per_sample(target, b, hi, config, generator)
+    queries += used
+    found = torch.where(ok, batch_norm(best - b.x, norm), torch.full_like(hi, float("inf")))
+    hi = torch.where(ok, torch.minimum(hi, found), hi)
+    for _ in range(bisections):
+        todo = (ok & (hi - lo > 1e-4 * max_budget)).nonzero().squeeze(1)
+        if len(todo) == 0:
+            break
+        mid = (lo[todo] + hi[todo]) / 2
+        sub = prepare(target, b.x[todo], b.y[todo], None, Access.WHITE_BOX, "minimal perturbation")
+        x_mid, ok_mid, used = pgd_per_sample(target, sub, mid, config, generator)
+        queries[todo] += used
+        size = batch_norm(x_mid - sub.x, norm)
+        won, lost = todo[ok_mid], todo[~ok_mid]
+        best[won] = x_mid[ok_mid]
+        hi[won] = torch.minimum(mid[ok_mid], size[ok_mid])
+        found[won] = hi[won]
+        lo[lost] = mid[~ok_mid]
+    found = torch.where(clean_wrong, torch.zeros_like(found), found)
+    best = torch.where(clean_wrong.view(-1, *([1] * (b.x.dim() - 1))), b.x, best)
+    return MinimalPerturbation(found, best, queries, norm, max_budget)

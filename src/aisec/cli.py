@@ -1,0 +1,158 @@
+"""The `aisec` command. Heavy libraries are imported inside commands, so `aisec --help` stays fast.
+
+Exit codes: 0 policy held, 1 a finding breaks the policy, 2 bad input, 3 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Iterator
+
+import typer
+from rich.console import Console
+
+from aisec import __version__
+from aisec.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_POLICY_FAILED, AisecError
+
+if TYPE_CHECKING:
+    from aisec.assess.finding import Assessment
+    from aisec.assess.progress import Progress
+
+app = typer.Typer(
+    name="aisec",
+    help="Red-team your AI system and verify its controls: evasion assessments with reports for security and data science.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+FORMATS = ("json", "html", "sarif", "junit")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aisec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    """aisec: attack your own AI system the way an adversary would, and prove what holds."""
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Progress]:
+    from aisec.assess.progress import NullProgress, RichProgress
+
+    if quiet:
+        yield NullProgress()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as bars:
+        yield RichProgress(bars)
+
+
+def _formats(value: str) -> tuple[str, ...]:
+    chosen = tuple(f.strip() for f in value.split(",") if f.strip())
+    bad = [f for f in chosen if f not in FORMATS]
+    if bad or not chosen:
+        raise typer.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
+    return chosen
+
+
+def _summarise(assessment: Assessment, paths: dict[str, Path]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{assessment.name}: {len(assessment.findings)} finding(s)")
+    for column in ("rule", "severity", "finding", "policy"):
+        table.add_column(column)
+    for f in assessment.findings:
+        verdict = "[red]broken[/red]" if f.breaks_policy else "held" if f.policy else "-"
+        table.add_row(f.rule_id, f.severity.value, f.title + ("" if f.reliable else " [yellow](unreliable)[/yellow]"), verdict)
+    console.print(table)
+    verdict = "[green]policy held[/green]" if assessment.passed else "[red]policy broken[/red]"
+    console.print(f"{verdict}; reports:")
+    for kind, path in paths.items():
+        console.print(f"  {kind:6} {path}")
+
+
+def _guarded(run: Callable[[], int]) -> None:
+    """Run a command; turn aisec's errors into one line and their exit code, never a traceback."""
+    try:
+        code = run()
+    except AisecError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: nothing was written")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except typer.Exit:
+        raise
+    except Exception as e:  # a bug in aisec: say so plainly, exit 3
+        console.print(f"[red]internal error[/red] ({type(e).__name__}: {e}); please report it. Nothing was written.")
+        if "--debug" in sys.argv:
+            raise
+        raise typer.Exit(EXIT_INTERNAL) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def assess(
+    plan: Annotated[Path, typer.Argument(help="The assessment plan (YAML); see docs/plan.md.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports.")] = Path("out"),
+    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit.")] = ",".join(FORMATS),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Red-team a model as the plan says; exit 1 when a finding breaks the plan's policy."""
+    formats = _formats(format)
+
+    def run() -> int:
+        from aisec.assess.plan import load_plan
+        from aisec.assess.runner import run_plan
+        from aisec.report.writer import write_reports
+
+        loaded, digest = load_plan(plan)
+        with _progress(quiet) as progress:
+            assessment = run_plan(loaded, plan_path=plan, plan_sha256=digest, progress=progress)
+        paths = write_reports(assessment, output, formats)
+        _summarise(assessment, paths)
+        return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
+
+    _guarded(run)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the model, plan and reports.")] = Path("out/demo"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a small CNN on the built-in digits set, assess it, and write the report (exit 0 unless it fails)."""
+
+    def run() -> int:
+        from aisec.demo.run import run_demo
+        from aisec.report.writer import write_reports
+
+        console.print("training the demo CNN on digits and assessing it (about a minute on 2 cores)...")
+        with _progress(quiet) as progress:
+            plan_path, assessment = run_demo(output, progress)
+        paths = write_reports(assessment, output, FORMATS)
+        _summarise(assessment, paths)
+        console.print(f"plan used: {plan_path}\nopen {paths['html']}")
+        return EXIT_OK
+
+    _guarded(run)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

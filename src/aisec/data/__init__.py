@@ -1,0 +1,1 @@
+"""Labelled data with its provenance, converters from what users have, and the built-in demo sets."""

@@ -1,0 +1,57 @@
+"""`aisec demo`: train the digits CNN, write a plan for it, assess it through that plan, write the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from aisec.assess.finding import Assessment
+from aisec.assess.progress import Progress
+
+DEMO_PLAN = {
+    "name": "Demo: digits CNN under evasion",
+    "seed": 0,
+    "target": {
+        "kind": "torch",
+        "factory": "aisec.demo.models:digits_cnn",
+        "path": "model/digits_cnn.pt",
+        "input": {"shape": [1, 8, 8], "num_classes": 10, "lower": 0.0, "upper": 1.0},
+    },
+    "data": {"builtin": "digits", "split": "test", "samples": 500},
+    "threat_model": {
+        "knowledge": "white_box",
+        "norm": "linf",
+        "budgets": [0.03, 0.05, 0.1, 0.15, 0.2],
+        "query_budget": 5000,
+    },
+    "probes": {"evasion": {"examples": 6}},
+    "policy": {"min_clean_accuracy": 0.95, "min_robust_accuracy": {0.05: 0.5}},
+}
+
+
+def prepare_demo(workdir: Path, *, seed: int = 0) -> Path:
+    """Train the demo model, save its weights and the plan under `workdir`; return the plan's path."""
+    import torch
+
+    from aisec.data.builtin import load_builtin
+    from aisec.demo.models import digits_cnn, train_classifier
+
+    torch.manual_seed(seed)
+    split = load_builtin("digits", seed=seed)
+    model = train_classifier(digits_cnn(), split.train, seed=seed)
+    (workdir / "model").mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), workdir / "model" / "digits_cnn.pt")
+    plan_path = workdir / "plan.yaml"
+    plan_path.write_text(yaml.safe_dump(DEMO_PLAN, sort_keys=False))
+    return plan_path
+
+
+def run_demo(workdir: Path, progress: Progress | None = None) -> tuple[Path, Assessment]:
+    """Everything `make demo` does short of writing the report: returns the plan's path and the assessment."""
+    from aisec.assess.plan import load_plan
+    from aisec.assess.runner import run_plan
+
+    plan_path = prepare_demo(workdir)
+    plan, digest = load_plan(plan_path)
+    return plan_path, run_plan(plan, plan_path=plan_path, plan_sha256=digest, progress=progress)

@@ -1,0 +1,48 @@
+"""Shared, seeded fixtures: the digits CNN (trained once per session) and a gradient-masked variant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from aisec.data.builtin import Split, load_builtin
+from aisec.demo.models import digits_cnn, train_classifier
+from aisec.targets.base import InputSpec
+from aisec.targets.torch_target import TorchTarget
+
+torch.set_num_threads(2)
+DIGITS_SPEC = InputSpec((1, 8, 8), 10)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Split:
+    return load_builtin("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits: Split) -> nn.Module:
+    return train_classifier(digits_cnn(), digits.train, seed=0)
+
+
+@pytest.fixture()
+def digits_target(digits_model: nn.Module) -> TorchTarget:
+    """A fresh target (query counter at 0) over the session's trained CNN."""
+    return TorchTarget(digits_model, DIGITS_SPEC)
+
+
+class Binarize(nn.Module):
+    """x > 0.5: a non-differentiable first layer whose gradient is zero everywhere (masks gradients)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > 0.5).to(x.dtype)
+
+
+@pytest.fixture(scope="session")
+def masked_model(digits: Split) -> nn.Module:
+    return train_classifier(nn.Sequential(Binarize(), digits_cnn()), digits.train, seed=0)
+
+
+@pytest.fixture()
+def masked_target(masked_model: nn.Module) -> TorchTarget:
+    return TorchTarget(masked_model, DIGITS_SPEC)
