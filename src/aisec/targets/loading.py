@@ -102,7 +102,7 @@ def _load_torchscript(path: Path, spec: InputSpec, device: str) -> Target:
 def _load_sklearn(path: Path, spec: InputSpec) -> Target:
     import joblib
 
-    from aisec.targets.sklearn_target import sklearn_target
+    from aisec.targets.sklearn_models import sklearn_target
 
     try:
         estimator = joblib.load(path)  # trusted: declared in the plan
