@@ -67,3 +67,20 @@ def test_bad_input_is_refused_before_work(digits, digits_target):
     with pytest.raises(CapabilityError):
         pgd(scores_only(digits_target), x, y, PGDConfig(eps=0.1))
     assert digits_target.queries.total == 0
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 0.5)])
+def test_minimal_perturbation_is_consistent_with_fixed_budget_pgd(digits, digits_target, norm, eps):
+    from aisec.attacks.evasion.minimal import minimal_perturbation
+
+    x, y = digits.test.x[:100], digits.test.y[:100]
+    m = minimal_perturbation(digits_target, x, y, norm, generator=torch.Generator().manual_seed(0))
+    sizes = batch_norm(m.x_adv - x, norm)
+    finite = torch.isfinite(m.norm)
+    assert finite.float().mean() > 0.95
+    assert (sizes[finite] <= m.norm[finite] * (1 + 1e-4) + 1e-6).all(), "reported size must bound the real one"
+    with torch.no_grad():
+        assert (digits_target.module(m.x_adv[finite]).argmax(1) != y[finite]).all()
+    fixed = pgd(digits_target, x, y, PGDConfig(eps=eps, norm=norm, restarts=1), generator=torch.Generator().manual_seed(0))
+    within = (m.norm <= eps).float().mean()
+    assert abs(float(within) - fixed.success_rate) < 0.08, (float(within), fixed.success_rate)

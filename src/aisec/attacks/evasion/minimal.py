@@ -68,7 +68,7 @@ def minimal_perturbation(
     hi = torch.full((n,), max_budget, device=b.x.device) if fooled_at is None else fooled_at.to(b.x.device).clone()
     hi = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, max_budget))
     lo = torch.zeros(n, device=b.x.device) if robust_at is None else robust_at.to(b.x.device).clone()
-    config = PGDConfig(eps=max_budget, steps=steps, restarts=1)
+    config = PGDConfig(eps=max_budget, steps=steps, norm=norm, restarts=1)
     queries = torch.zeros(n, dtype=torch.int64, device=b.x.device)
     with torch.no_grad():
         clean_wrong = target.labels(b.x) != b.y
