@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from aisec.attacks.evasion.cascade import CascadeResult
+from aisec.attacks.evasion.gradients import input_gradient
 from aisec.attacks.evasion.losses import margin
 from aisec.attacks.evasion.minimal import full_range_budget
 from aisec.attacks.evasion.pgd import PGDConfig, pgd
@@ -29,31 +30,28 @@ class MaskingCheck:
     detail: str
 
 
-def _enough(total: int) -> int:
-    """Points a symptom must concern before it fires: 1 % of the attacked points, and at least 2."""
-    return max(2, -(-total // 100))
-
-
 def black_box_beats_white_box(cascade: CascadeResult) -> MaskingCheck:
-    """A score- or label-based attack fools points that every gradient-based member left robust."""
+    """A score- or label-based attack fools a sizeable share of the points every gradient-based member left
+    robust (AutoAttack's warning sign). A few such points are normal when the white-box members are few;
+    with masked gradients the black-box attack fools most of them."""
     white = [k for k, a in enumerate(cascade.attacks) if ATTACKS[a].needs is Access.WHITE_BOX]
     black = [k for k, a in enumerate(cascade.attacks) if ATTACKS[a].needs is not Access.WHITE_BOX]
-    attacked = int(cascade.clean_correct.sum())
-    worst_eps, worst = 0.0, 0
+    worst = (0.0, 0, 0, 0.0)  # share, fooled, left by white box, eps
     if white and black:
         for outcome in cascade.outcomes:
             extra = sum(outcome.broken_per_attack[cascade.attacks[k]] for k in black if k > max(white))
-            if extra > worst:
-                worst_eps, worst = outcome.eps, extra
-    need = _enough(attacked)
+            left = outcome.robust_count + extra
+            if extra >= 2 and extra / left > worst[0]:
+                worst = (extra / left, extra, left, outcome.eps)
+    share, extra, left, eps = worst
     return MaskingCheck(
         "black-box attack beats white-box attacks",
-        worst >= need,
-        worst,
-        need,
-        f"at eps={worst_eps:g}, black-box attacks fooled {worst} point(s) that every gradient-based attack left robust"
-        if worst
-        else "no point fooled by a black-box attack resisted the gradient-based ones",
+        share >= 0.1,
+        share,
+        0.1,
+        f"at eps={eps:g}, black-box attacks fooled {extra} of the {left} point(s) every gradient-based attack left robust"
+        if extra
+        else "no point (or a single one) fooled by a black-box attack resisted the gradient-based ones",
     )
 
 
@@ -74,7 +72,7 @@ def unbounded_budget(target: WhiteBoxTarget, x: torch.Tensor, y: torch.Tensor, n
 def gradient_health(target: WhiteBoxTarget, x: torch.Tensor, y: torch.Tensor) -> MaskingCheck:
     """Share of points whose input gradient of the logit margin is zero everywhere or not finite."""
     x_in = x.clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(margin(target.logits(x_in), y, None).sum(), x_in)
+    grad = input_gradient(margin(target.logits(x_in), y, None).sum(), x_in)
     flat = grad.flatten(1)
     bad = (~torch.isfinite(flat).all(1)) | (flat.abs().amax(1) == 0)
     share = float(bad.float().mean())
@@ -114,7 +112,7 @@ def single_step_beats_iterative(
             r = fgsm(target, x[idx], y[idx], FGSMConfig(eps=outcome.eps, norm=cascade.norm), generator=generator)
             if int(r.success.sum()) > worst:
                 worst_eps, worst = outcome.eps, int(r.success.sum())
-    need = _enough(int(cascade.clean_correct.sum()))
+    need = max(2, -(-int(cascade.clean_correct.sum()) // 100))  # 1 % of the attacked points, and at least 2
     return MaskingCheck(
         "single-step attack beats iterative attacks",
         worst >= need,

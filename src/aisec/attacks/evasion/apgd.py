@@ -13,6 +13,7 @@ from typing import Literal
 
 import torch
 
+from aisec.attacks.evasion.gradients import input_gradient
 from aisec.attacks.evasion.inputs import Batch, check_positive, prepare
 from aisec.attacks.evasion.losses import LOSSES, dlr, is_success
 from aisec.attacks.evasion.norms import (
@@ -236,7 +237,7 @@ def _run(
         used[active[newly]] = step + 1
         if step == config.steps:
             break
-        (grad,) = torch.autograd.grad(loss.sum(), x_in)
+        grad = input_gradient(loss.sum(), x_in)
         with torch.no_grad():
             loss = loss.detach()
             if step == 0:

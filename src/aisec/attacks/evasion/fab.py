@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aisec.attacks.evasion.gradients import input_gradient
 from aisec.attacks.evasion.inputs import Batch, check_positive, prepare
 from aisec.attacks.evasion.losses import is_success, margin
 from aisec.attacks.evasion.norms import NORMS, Norm, batch_norm, clip_to_bounds, per_sample, random_in_ball
@@ -274,11 +275,11 @@ def _boundary(
         if reach_target:
             rival = logits.detach().scatter(1, boundary_targets[:, None], float("-inf")).argmax(1)
         diff = logits[rows, boundary_targets] - logits[rows, rival]
-        (g,) = torch.autograd.grad(diff.sum(), x)
+        g = input_gradient(diff.sum(), x)
         return logits.detach(), diff.detach(), g
     k = logits.shape[1]
     jac = torch.stack(
-        [torch.autograd.grad(logits[:, c].sum(), x, retain_graph=c < k - 1)[0] for c in range(k)], 1
+        [input_gradient(logits[:, c].sum(), x, retain_graph=c < k - 1) for c in range(k)], 1
     ).flatten(2)
     logits = logits.detach()
     df = logits - logits[rows, y][:, None]

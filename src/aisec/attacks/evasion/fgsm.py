@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aisec.attacks.evasion.gradients import input_gradient
 from aisec.attacks.evasion.inputs import check_positive, prepare
 from aisec.attacks.evasion.losses import cross_entropy, is_success
 from aisec.attacks.evasion.norms import Norm, clip_to_bounds, normalize, per_sample
@@ -33,7 +34,7 @@ def fgsm(
     b = prepare(target, x, y, target_labels, Access.WHITE_BOX, "fgsm")
     x_in = b.x.clone().requires_grad_(True)
     loss = cross_entropy(target.logits(x_in), b.y, b.target_labels).sum()
-    (grad,) = torch.autograd.grad(loss, x_in)
+    grad = input_gradient(loss, x_in)
     x_adv = clip_to_bounds(b.x + per_sample(config.eps, b.x) * normalize(grad, config.norm), b.lower, b.upper)
     with torch.no_grad():
         success = is_success(target.logits(x_adv).argmax(1), b.y, b.target_labels)

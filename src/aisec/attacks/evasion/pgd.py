@@ -7,6 +7,7 @@ from typing import Literal
 
 import torch
 
+from aisec.attacks.evasion.gradients import input_gradient
 from aisec.attacks.evasion.inputs import Batch, check_positive, prepare
 from aisec.attacks.evasion.losses import LOSSES, is_success
 from aisec.attacks.evasion.norms import Norm, clip_to_bounds, normalize, per_sample, project, random_in_ball
@@ -114,7 +115,7 @@ def _run(
         used[newly] = step + 1
         if step == config.steps:
             break
-        (grad,) = torch.autograd.grad(loss_fn(logits, state["y"], t).sum(), x_cur)
+        grad = input_gradient(loss_fn(logits, state["y"], t).sum(), x_cur)
         with torch.no_grad():
             x_next = x_cur + state["alpha"] * normalize(grad, config.norm)
             x_cur = clip_to_bounds(

@@ -1,0 +1,52 @@
+"""Gradient masking: a model whose first layer kills the gradient is caught, not reported robust."""
+
+import torch
+
+from aisec.assess.plan import EvasionProbeSection, PolicySection, ProbesSection
+from aisec.assess.runner import run_assessment
+from aisec.assess.threat_model import ThreatModel
+from aisec.data.dataset import LabelledData
+
+
+def assess(target, digits, n=200):
+    data = LabelledData(digits.test.x[:n], digits.test.y[:n], "digits/test")
+    return run_assessment(
+        target, data,
+        ProbesSection(evasion=EvasionProbeSection(attacks=("apgd-ce", "square"), minimal_perturbation=False)),
+        threat_model=ThreatModel(budgets=(0.1, 0.3), query_budget=1000),
+        policy=PolicySection(), seed=0,
+    )
+
+
+def test_masked_model_is_flagged_not_reported_robust(digits, masked_target):
+    a = assess(masked_target, digits)
+    by_rule = {f.rule_id: f for f in a.findings}
+    masking = by_rule["AISEC-EVA-002"]
+    assert not masking.reliable and masking.breaks_policy
+    fired = {row[0] for row in masking.tables[0].rows if row[1] == "yes"}
+    assert "zero or non-finite input gradients" in fired
+    assert "success does not reach 100 % with an unbounded budget" in fired
+    assert "black-box attack beats white-box attacks" in fired
+    robust = by_rule["AISEC-EVA-001"]
+    assert not robust.reliable and "UNRELIABLE" in robust.message
+    assert not a.passed
+
+
+def test_honest_model_passes_the_checks(digits, digits_target):
+    a = assess(digits_target, digits)
+    rules = [f.rule_id for f in a.findings]
+    assert "AISEC-EVA-002" not in rules and "AISEC-EVA-003" in rules
+    assert all(f.reliable for f in a.findings)
+
+
+def test_randomised_model_is_flagged(digits, digits_model):
+    from aisec.assess.masking import randomised_forward
+    from aisec.targets.base import InputSpec
+    from aisec.targets.torch_target import TorchTarget
+
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return digits_model(x + 0.05 * torch.randn_like(x))
+
+    check = randomised_forward(TorchTarget(Noisy(), InputSpec((1, 8, 8), 10)), digits.test.x[:50])
+    assert check.fired
