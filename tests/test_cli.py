@@ -127,3 +127,4 @@ def test_demo_writes_a_report(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert any(f["rule_id"] == "AISEC-EVA-001" for f in report["findings"])
+

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from aisec import __version__
 from aisec.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_POLICY_FAILED, AisecError
+from aisec.report import FILE_NAMES
 
 if TYPE_CHECKING:
     from aisec.assess.finding import Assessment
@@ -29,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-FORMATS = ("json", "html", "sarif", "junit")
+FORMATS = tuple(FILE_NAMES)
 
 
 def _version(value: bool) -> None:

@@ -25,7 +25,7 @@ from aisec.assess.finding import (
     Table,
 )
 from aisec.assess.masking import MaskingCheck, run_checks
-from aisec.assess.plan import EvasionProbeSection
+from aisec.assess.plan import EvasionProbeSection, PolicySection
 from aisec.assess.probe import AssessmentContext
 from aisec.assess.stats import wilson
 from aisec.attacks import AttackClass
@@ -150,9 +150,9 @@ def _robustness_finding(
     tm, policy = context.threat_model, context.policy
     clean = wilson(int(cascade.clean_correct.sum()), n)
     robust = {o.eps: wilson(o.robust_count, n) for o in cascade.outcomes}
-    first_eps = tm.budgets[0]
-    ratio = robust[first_eps].value / clean.value if clean.value else 0.0
-    severity = Severity.HIGH if ratio < 0.5 else Severity.MEDIUM if ratio < 0.9 else Severity.LOW
+    ref_eps = reference_budget(tm.budgets, policy)
+    ratio = robust[ref_eps].value / clean.value if clean.value else 0.0
+    severity = Severity.HIGH if ratio < 0.5 else Severity.MEDIUM if ratio < 0.95 else Severity.LOW
 
     metrics = [Metric("clean accuracy", clean, description="share of samples classified correctly without attack")]
     metrics += [
@@ -196,10 +196,10 @@ def _robustness_finding(
     charts = [_robustness_chart(tm.norm, clean, robust, minimal, cascade)]
     examples = _examples(target, x, y, cascade, config.examples)
 
-    first = robust[first_eps]
+    ref = robust[ref_eps]
     message = (
-        f"Under {tm.norm} perturbations of size {first_eps:g}, robust accuracy is {first.value:.1%} "
-        f"(95% CI {first.lower:.1%}–{first.upper:.1%}, n={n}) against clean accuracy {clean.value:.1%}; "
+        f"Under {tm.norm} perturbations of size {ref_eps:g}, robust accuracy is {ref.value:.1%} "
+        f"(95% CI {ref.lower:.1%}–{ref.upper:.1%}, n={n}) against clean accuracy {clean.value:.1%}; "
         f"at {tm.budgets[-1]:g} it is {robust[tm.budgets[-1]].value:.1%}."
     )
     if median_min is not None:
@@ -223,6 +223,15 @@ def _robustness_finding(
         policy=tuple(checks),
         reliable=not fired,
     )
+
+
+def reference_budget(budgets: tuple[float, ...], policy: PolicySection) -> float:
+    """The budget a finding's severity and headline are judged at: the smallest one the policy sets a
+    threshold for, else the middle of the assessed budgets. Severity is the robust/clean accuracy ratio
+    there: below 0.5 high, below 0.95 medium, else low."""
+    if policy.min_robust_accuracy:
+        return min(policy.min_robust_accuracy)
+    return budgets[len(budgets) // 2]
 
 
 def _finite_or_none(value: float | None) -> float | None:

@@ -1,0 +1,16 @@
+"""Reports: an assessment's findings as JSON, HTML with plots, SARIF 2.1.0 and JUnit XML.
+
+A writer only reads an `aisec.assess.finding.Assessment`; it never runs an attack.
+
+    from aisec.report import write_reports
+    paths = write_reports(assessment, "out/")  # report.json, report.html, report.sarif, report.junit.xml
+
+`write_reports` writes all formats or none. Each format can also be rendered to text alone:
+`json_report.render_json`, `html.render_html`, `sarif.render_sarif`, `junit.render_junit`.
+Importing this package loads no plotting library: matplotlib is imported only when an HTML report draws.
+"""
+
+from aisec.report.json_report import SCHEMA_ID, load_schema, to_json_dict
+from aisec.report.writer import FILE_NAMES, write_reports
+
+__all__ = ["FILE_NAMES", "SCHEMA_ID", "load_schema", "to_json_dict", "write_reports"]

@@ -1,0 +1,89 @@
+"""Write an assessment's reports into a folder, all of them or none."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from aisec.assess.finding import Assessment
+from aisec.errors import BadInputError
+
+# format: (file name, "module:function" rendering it to text; imported only when that format is asked for,
+# so that JSON or SARIF alone never loads matplotlib)
+_FORMATS: dict[str, tuple[str, str]] = {
+    "json": ("report.json", "aisec.report.json_report:render_json"),
+    "html": ("report.html", "aisec.report.html:render_html"),
+    "sarif": ("report.sarif", "aisec.report.sarif:render_sarif"),
+    "junit": ("report.junit.xml", "aisec.report.junit:render_junit"),
+}
+FILE_NAMES: dict[str, str] = {fmt: file_name for fmt, (file_name, _) in _FORMATS.items()}
+
+
+def write_reports(
+    assessment: Assessment,
+    out_dir: str | os.PathLike[str],
+    formats: Iterable[str] = ("json", "html", "sarif", "junit"),
+) -> dict[str, Path]:
+    """Write the reports in `formats` into `out_dir` (created if missing) and return each format's path.
+
+    All of them are rendered and written into a temporary folder beside `out_dir` before any is moved in.
+    On any error, KeyboardInterrupt included, nothing is left behind: no temporary folder, no new folder,
+    no partial or mixed set of reports (a report this call replaced is put back). Files in `out_dir` other
+    than the reports written are never touched.
+    """
+    chosen = list(dict.fromkeys(formats))
+    unknown = ", ".join(repr(fmt) for fmt in chosen if fmt not in _FORMATS)
+    if unknown or not chosen:
+        problem = f"unknown report format {unknown}" if unknown else "no report format given"
+        raise BadInputError(f"{problem}; choose from {', '.join(_FORMATS)}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise BadInputError(f"report folder {out} exists and is not a folder")
+
+    texts = {FILE_NAMES[fmt]: _render(fmt, assessment) for fmt in chosen}
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]  # innermost first
+    undo: list[tuple[Path, Path | None]] = []  # (report, where the report it replaced waits) in move order
+    staging: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".aisec-tmp", dir=out.parent))
+        for name, text in texts.items():
+            (staging / name).write_bytes(text.encode("utf-8"))
+        out.mkdir(exist_ok=True)
+        for name in texts:
+            target = out / name
+            previous = staging / f"previous-{name}" if os.path.lexists(target) else None
+            undo.append((target, previous))
+            if previous is not None:
+                os.replace(target, previous)
+            os.replace(staging / name, target)
+    except BaseException:
+        _roll_back(undo, staging, created)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return {fmt: out / FILE_NAMES[fmt] for fmt in chosen}
+
+
+def _render(fmt: str, assessment: Assessment) -> str:
+    module, function = _FORMATS[fmt][1].split(":")
+    return getattr(importlib.import_module(module), function)(assessment)
+
+
+def _roll_back(undo: list[tuple[Path, Path | None]], staging: Path | None, created: list[Path]) -> None:
+    """Undo a failed write: put replaced reports back, remove new ones, the staging folder and new folders."""
+    for target, previous in reversed(undo):
+        if previous is None:
+            target.unlink(missing_ok=True)
+        elif os.path.lexists(previous):
+            os.replace(previous, target)
+    if staging is not None:
+        shutil.rmtree(staging, ignore_errors=True)
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not there, or not empty: it holds something this call did not write
+            pass
