@@ -26,7 +26,6 @@ from aisec.targets.base import InputSpec, Target
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
 
-torch.set_num_threads(1)
 
 N = 200
 EPS = {"linf": 0.1, "l2": 0.5}

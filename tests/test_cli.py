@@ -27,7 +27,7 @@ def write_plan(workdir, name, **changes):
     plan = copy.deepcopy(DEMO_PLAN)
     plan["data"]["samples"] = 100
     plan["threat_model"].update(budgets=[0.05, 0.2], query_budget=300)
-    plan["probes"] = FAST
+    plan["probes"] = copy.deepcopy(FAST)
     plan["policy"] = {"min_robust_accuracy": {0.05: 0.5}}
     for section, value in changes.items():
         if isinstance(value, dict) and isinstance(plan.get(section), dict):

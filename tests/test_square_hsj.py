@@ -22,7 +22,6 @@ from aisec.targets.base import Access, InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only, scores_only
 
-torch.set_num_threads(1)
 
 
 def seeded(seed: int = 0) -> torch.Generator:

@@ -38,7 +38,6 @@ from aisec.targets import (
     sklearn_target,
 )
 
-torch.set_num_threads(1)
 
 ESTIMATORS: dict[str, Callable[[], Any]] = {
     "logistic_regression": lambda: LogisticRegression(max_iter=500),
