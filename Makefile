@@ -36,7 +36,7 @@ $(VENV)/.aisec-bench: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/aisec demo --output $(OUT)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
@@ -44,6 +44,10 @@ test-all: $(STAMP)
 
 bench: $(VENV)/.aisec-bench
 	$(BIN)/python bench/evasion.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 clean:
 	rm -rf $(VENV) out build *.egg-info src/*.egg-info

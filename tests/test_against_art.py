@@ -17,8 +17,13 @@ BUDGETS = (0.05, 0.1, 0.15)
 def art_classifier(digits_model):
     from art.estimators.classification import PyTorchClassifier
 
-    return PyTorchClassifier(digits_model, loss=torch.nn.CrossEntropyLoss(), input_shape=(1, 8, 8), nb_classes=10,
-                             clip_values=(0.0, 1.0))
+    return PyTorchClassifier(
+        digits_model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=(1, 8, 8),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+    )
 
 
 def art_robust_count(model, attack, x, y) -> int:
@@ -33,11 +38,14 @@ def test_pgd_at_least_as_strong_as_art(digits, digits_model, digits_target, art_
     from art.attacks.evasion import ProjectedGradientDescentPyTorch
 
     x, y = digits.test.x[:300], digits.test.y[:300]
-    art_pgd = ProjectedGradientDescentPyTorch(art_classifier, eps=eps, eps_step=2.5 * eps / 40, max_iter=40,
-                                              batch_size=300, verbose=False)
+    art_pgd = ProjectedGradientDescentPyTorch(
+        art_classifier, eps=eps, eps_step=2.5 * eps / 40, max_iter=40, batch_size=300, verbose=False
+    )
     theirs = art_robust_count(digits_model, art_pgd, x, y)
     # the configuration assessments run: PGD-40 with one restart, success at any iterate
-    result = pgd(digits_target, x, y, PGDConfig(eps=eps, restarts=1), generator=torch.Generator().manual_seed(0))
+    result = pgd(
+        digits_target, x, y, PGDConfig(eps=eps, restarts=1), generator=torch.Generator().manual_seed(0)
+    )
     ours = int((~result.success).sum())
     assert ours <= theirs, (ours, theirs)
 
@@ -46,11 +54,27 @@ def test_cascade_at_least_as_strong_as_art_apgd(digits, digits_model, digits_tar
     from art.attacks.evasion import AutoProjectedGradientDescent
 
     x, y = digits.test.x[:300], digits.test.y[:300]
-    cascade = run_cascade(digits_target, x, y, BUDGETS, "linf", STRONGEST[Access.WHITE_BOX], query_budget=1000,
-                          generator=torch.Generator().manual_seed(0))
+    cascade = run_cascade(
+        digits_target,
+        x,
+        y,
+        BUDGETS,
+        "linf",
+        STRONGEST[Access.WHITE_BOX],
+        query_budget=1000,
+        generator=torch.Generator().manual_seed(0),
+    )
     for outcome in cascade.outcomes:
-        art_apgd = AutoProjectedGradientDescent(art_classifier, norm=np.inf, eps=outcome.eps, eps_step=2 * outcome.eps,
-                                                max_iter=100, nb_random_init=1, batch_size=300, verbose=False)
+        art_apgd = AutoProjectedGradientDescent(
+            art_classifier,
+            norm=np.inf,
+            eps=outcome.eps,
+            eps_step=2 * outcome.eps,
+            max_iter=100,
+            nb_random_init=1,
+            batch_size=300,
+            verbose=False,
+        )
         theirs = art_robust_count(digits_model, art_apgd, x, y)
         assert outcome.robust_count <= theirs, (outcome.eps, outcome.robust_count, theirs)
 
@@ -60,9 +84,19 @@ def test_cascade_at_least_as_strong_as_art_autoattack(digits, digits_model, digi
     from art.attacks.evasion import AutoAttack
 
     x, y = digits.test.x[:200], digits.test.y[:200]
-    cascade = run_cascade(digits_target, x, y, BUDGETS, "linf", STRONGEST[Access.WHITE_BOX], query_budget=5000,
-                          generator=torch.Generator().manual_seed(0))
+    cascade = run_cascade(
+        digits_target,
+        x,
+        y,
+        BUDGETS,
+        "linf",
+        STRONGEST[Access.WHITE_BOX],
+        query_budget=5000,
+        generator=torch.Generator().manual_seed(0),
+    )
     for outcome in cascade.outcomes:
-        attack = AutoAttack(art_classifier, norm=np.inf, eps=outcome.eps, eps_step=2.5 * outcome.eps / 100, batch_size=200)
+        attack = AutoAttack(
+            art_classifier, norm=np.inf, eps=outcome.eps, eps_step=2.5 * outcome.eps / 100, batch_size=200
+        )
         theirs = art_robust_count(digits_model, attack, x, y)
         assert outcome.robust_count <= theirs, (outcome.eps, outcome.robust_count, theirs)

@@ -11,8 +11,16 @@ def test_cascade_is_the_per_sample_worst_case(digits, digits_target):
     x, y = digits.test.x[:200], digits.test.y[:200]
     budgets = (0.05, 0.1)
     attacks = ("pgd", "apgd-ce", "square")
-    cascade = run_cascade(digits_target, x, y, budgets, "linf", attacks, query_budget=500,
-                          generator=torch.Generator().manual_seed(0))
+    cascade = run_cascade(
+        digits_target,
+        x,
+        y,
+        budgets,
+        "linf",
+        attacks,
+        query_budget=500,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         clean = digits_target.module(x).argmax(1) == y
     assert (cascade.clean_correct == clean).all()
@@ -20,7 +28,9 @@ def test_cascade_is_the_per_sample_worst_case(digits, digits_target):
     for outcome in cascade.outcomes:
         # every member alone, on all clean-correct points, leaves at least as many robust
         for name in attacks:
-            alone = ATTACKS[name].run(digits_target, x, y, outcome.eps, "linf", 500, torch.Generator().manual_seed(1))
+            alone = ATTACKS[name].run(
+                digits_target, x, y, outcome.eps, "linf", 500, torch.Generator().manual_seed(1)
+            )
             assert outcome.robust_count <= int((clean & ~alone.success).sum())
         fooled = ~outcome.robust & clean
         with torch.no_grad():
@@ -28,6 +38,8 @@ def test_cascade_is_the_per_sample_worst_case(digits, digits_target):
         assert (batch_norm(outcome.x_adv - x, "linf") <= outcome.eps + 1e-6).all()
         assert ((outcome.broken_by == CLEAN_WRONG) == ~clean).all()
         if previous is not None:
-            assert not (outcome.robust & ~previous.robust).any(), "robust at a larger budget but not a smaller one"
+            assert not (outcome.robust & ~previous.robust).any(), (
+                "robust at a larger budget but not a smaller one"
+            )
         previous = outcome
     assert cascade.outcomes[0].robust_count > cascade.outcomes[1].robust_count

@@ -47,7 +47,12 @@ def test_assess_writes_all_reports_and_exits_by_policy(workdir):
     out = workdir / "out-ok"
     result = run("assess", str(write_plan(workdir, "ok.yaml")), "--output", str(out))
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.html", "report.sarif", "report.junit.xml"}
+    assert {p.name for p in out.iterdir()} == {
+        "report.json",
+        "report.html",
+        "report.sarif",
+        "report.junit.xml",
+    }
     report = json.loads((out / "report.json").read_text())
     finding = next(f for f in report["findings"] if f["rule_id"] == "AISEC-EVA-001")
     assert finding["provenance"]["model_sha256"] and finding["provenance"]["data_sha256"]
@@ -60,7 +65,9 @@ def test_assess_writes_all_reports_and_exits_by_policy(workdir):
 def bad_model(workdir):
     path = workdir / "garbage.pt"
     path.write_bytes(b"\x80\x04not really a checkpoint")
-    return write_plan(workdir, "bad-model.yaml", target={"path": "garbage.pt"}), "garbage.pt: not a readable torch state dict"
+    return write_plan(
+        workdir, "bad-model.yaml", target={"path": "garbage.pt"}
+    ), "garbage.pt: not a readable torch state dict"
 
 
 def malicious_model(workdir):
@@ -72,35 +79,44 @@ def malicious_model(workdir):
             return (open, (str(marker), "w"))
 
     (workdir / "evil.pt").write_bytes(pickle.dumps({"w": Payload()}))
-    return write_plan(workdir, "evil.yaml", target={"path": "evil.pt"}), "evil.pt: not a readable torch state dict"
+    return write_plan(
+        workdir, "evil.yaml", target={"path": "evil.pt"}
+    ), "evil.pt: not a readable torch state dict"
 
 
 def wrong_shape(workdir):
     np.savez(workdir / "flat.npz", x=np.zeros((20, 64), np.float32), y=np.zeros(20, np.int64))
-    return write_plan(workdir, "shape.yaml", data={"path": "flat.npz", "builtin": None, "samples": None}), \
-        "sample shape (64,), but the model expects (1, 8, 8)"
+    return write_plan(
+        workdir, "shape.yaml", data={"path": "flat.npz", "builtin": None, "samples": None}
+    ), "sample shape (64,), but the model expects (1, 8, 8)"
 
 
 def nan_inputs(workdir):
     x = np.full((20, 1, 8, 8), 0.5, np.float32)
     x[3, 0, 2, 2] = np.nan
     np.savez(workdir / "nan.npz", x=x, y=np.zeros(20, np.int64))
-    return write_plan(workdir, "nan.yaml", data={"path": "nan.npz", "builtin": None, "samples": None}), \
-        "NaN or infinite values in 1 sample"
+    return write_plan(
+        workdir, "nan.yaml", data={"path": "nan.npz", "builtin": None, "samples": None}
+    ), "NaN or infinite values in 1 sample"
 
 
 def unknown_attack(workdir):
-    return write_plan(workdir, "unknown.yaml", probes={"evasion": {"attacks": ["pgd", "carlini"]}}), \
-        "probes.evasion.attacks: unknown attack 'carlini'"
+    return write_plan(
+        workdir, "unknown.yaml", probes={"evasion": {"attacks": ["pgd", "carlini"]}}
+    ), "probes.evasion.attacks: unknown attack 'carlini'"
 
 
 def untrusted_pickle(workdir):
     (workdir / "model.joblib").write_bytes(b"whatever")
     target = {"kind": "sklearn", "path": "model.joblib", "factory": None}
-    return write_plan(workdir, "sk.yaml", target=target), "refuses to load it unless the plan declares `trusted: true`"
+    return write_plan(
+        workdir, "sk.yaml", target=target
+    ), "refuses to load it unless the plan declares `trusted: true`"
 
 
-@pytest.mark.parametrize("case", [bad_model, malicious_model, wrong_shape, nan_inputs, unknown_attack, untrusted_pickle])
+@pytest.mark.parametrize(
+    "case", [bad_model, malicious_model, wrong_shape, nan_inputs, unknown_attack, untrusted_pickle]
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, case):
     plan, expected = case(workdir)
     out = workdir / f"out-{case.__name__}"
@@ -117,7 +133,9 @@ def test_import_and_help_do_not_load_torch():
     import sys
 
     code = "import sys, aisec, aisec.cli; print(sorted(m for m in ('torch', 'sklearn', 'onnxruntime') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "[]"
 
 
@@ -127,4 +145,3 @@ def test_demo_writes_a_report(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert any(f["rule_id"] == "AISEC-EVA-001" for f in report["findings"])
-

@@ -11,10 +11,12 @@ from aisec.data.dataset import LabelledData
 def assess(target, digits, n=200):
     data = LabelledData(digits.test.x[:n], digits.test.y[:n], "digits/test")
     return run_assessment(
-        target, data,
+        target,
+        data,
         ProbesSection(evasion=EvasionProbeSection(attacks=("apgd-ce", "square"), minimal_perturbation=False)),
         threat_model=ThreatModel(budgets=(0.1, 0.3), query_budget=1000),
-        policy=PolicySection(), seed=0,
+        policy=PolicySection(),
+        seed=0,
     )
 
 

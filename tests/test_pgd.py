@@ -37,7 +37,13 @@ def test_early_stop_only_saves_work(digits, digits_target):
     runs = {}
     for early in (True, False):
         digits_target.queries.reset()
-        r = pgd(digits_target, x, y, PGDConfig(eps=0.1, early_stop=early), generator=torch.Generator().manual_seed(1))
+        r = pgd(
+            digits_target,
+            x,
+            y,
+            PGDConfig(eps=0.1, early_stop=early),
+            generator=torch.Generator().manual_seed(1),
+        )
         runs[early] = (r, digits_target.queries.total)
     agree = (runs[True][0].success == runs[False][0].success).float().mean()
     assert agree >= 0.99
@@ -47,7 +53,14 @@ def test_early_stop_only_saves_work(digits, digits_target):
 def test_targeted_pgd_reaches_target(digits, digits_target):
     x, y = digits.test.x[:200], digits.test.y[:200]
     t = (y + 1) % 10
-    r = pgd(digits_target, x, y, PGDConfig(eps=0.3, steps=60), target_labels=t, generator=torch.Generator().manual_seed(0))
+    r = pgd(
+        digits_target,
+        x,
+        y,
+        PGDConfig(eps=0.3, steps=60),
+        target_labels=t,
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         pred = digits_target.module(r.x_adv[r.success]).argmax(1)
     assert (pred == t[r.success]).all()
@@ -78,9 +91,17 @@ def test_minimal_perturbation_is_consistent_with_fixed_budget_pgd(digits, digits
     sizes = batch_norm(m.x_adv - x, norm)
     finite = torch.isfinite(m.norm)
     assert finite.float().mean() > 0.95
-    assert (sizes[finite] <= m.norm[finite] * (1 + 1e-4) + 1e-6).all(), "reported size must bound the real one"
+    assert (sizes[finite] <= m.norm[finite] * (1 + 1e-4) + 1e-6).all(), (
+        "reported size must bound the real one"
+    )
     with torch.no_grad():
         assert (digits_target.module(m.x_adv[finite]).argmax(1) != y[finite]).all()
-    fixed = pgd(digits_target, x, y, PGDConfig(eps=eps, norm=norm, restarts=1), generator=torch.Generator().manual_seed(0))
+    fixed = pgd(
+        digits_target,
+        x,
+        y,
+        PGDConfig(eps=eps, norm=norm, restarts=1),
+        generator=torch.Generator().manual_seed(0),
+    )
     within = (m.norm <= eps).float().mean()
     assert abs(float(within) - fixed.success_rate) < 0.08, (float(within), fixed.success_rate)

@@ -44,7 +44,11 @@ def test_good_plan_loads(tmp_path):
 @pytest.mark.parametrize(
     "old,new,expected",
     [
-        ("[apgd-ce, square]", "[apgd-ce, deepfool]", r"plan.yaml:14: probes.evasion.attacks.*unknown attack 'deepfool'"),
+        (
+            "[apgd-ce, square]",
+            "[apgd-ce, deepfool]",
+            r"plan.yaml:14: probes.evasion.attacks.*unknown attack 'deepfool'",
+        ),
         ("budgets: [0.1, 0.05]", "budgets: [0.1, -1]", r"plan.yaml:11: threat_model.budgets.*positive"),
         ("kind: torch", "kind: keras", r"plan.yaml:3: target.kind"),
         ("  factory: aisec.demo.models:digits_cnn\n", "", r"plan.yaml:2: target.*factory"),

@@ -37,15 +37,21 @@ from aisec.report.html import format_metric
 
 MALICIOUS = "<script>alert(1)</script>"
 ORIGINAL = [[(row * 8 + col) / 63 for col in range(8)] for row in range(8)]
-ADVERSARIAL = [[min(1.0, value + (0.03 if (row + col) % 2 else -0.03)) for col, value in enumerate(line)]
-               for row, line in enumerate(ORIGINAL)]
+ADVERSARIAL = [
+    [min(1.0, value + (0.03 if (row + col) % 2 else -0.03)) for col, value in enumerate(line)]
+    for row, line in enumerate(ORIGINAL)
+]
 RGB = [[[row / 7, col / 7, 0.5] for col in range(8)] for row in range(8)]
 RGB_ADVERSARIAL = [[[r, g, 0.55] for r, g, _ in line] for line in RGB]
 
 
 def make_assessment() -> Assessment:
     provenance = Provenance(
-        tool_version="0.1.0", seed=1234, samples=500, model_sha256="a" * 64, data_sha256="b" * 64,
+        tool_version="0.1.0",
+        seed=1234,
+        samples=500,
+        model_sha256="a" * 64,
+        data_sha256="b" * 64,
         settings={"eps": 8 / 255, "steps": 40, "norm": "linf"},
     )
     evasion = Finding(
@@ -65,12 +71,29 @@ def make_assessment() -> Assessment:
         tables=(Table("Accuracy by budget", ("eps", "accuracy"), ((0.0, 0.98), (8 / 255, 0.52))),),
         charts=(
             Chart(
-                "acc-vs-eps", "Robust accuracy vs. budget", "budget $ε (L∞)", "accuracy",
-                (Series("PGD", (0.0, 0.01, 0.03), (0.98, 0.8, 0.52),
-                        lower=(0.96, 0.76, 0.48), upper=(0.99, 0.84, 0.56)),),
+                "acc-vs-eps",
+                "Robust accuracy vs. budget",
+                "budget $ε (L∞)",
+                "accuracy",
+                (
+                    Series(
+                        "PGD",
+                        (0.0, 0.01, 0.03),
+                        (0.98, 0.8, 0.52),
+                        lower=(0.96, 0.76, 0.48),
+                        upper=(0.99, 0.84, 0.56),
+                    ),
+                ),
             ),
-            Chart("queries", "Success vs. queries", "queries", "success",
-                  (Series("", (10, 100, 1000), (0.1, 0.4, 0.9)),), log_x=True, log_y=True),
+            Chart(
+                "queries",
+                "Success vs. queries",
+                "queries",
+                "success",
+                (Series("", (10, 100, 1000), (0.1, 0.4, 0.9)),),
+                log_x=True,
+                log_y=True,
+            ),
         ),
         examples=(
             Example("digit", ORIGINAL, ADVERSARIAL, 3, 3, 8, 0.03, 8 / 255),
@@ -96,10 +119,15 @@ def make_assessment() -> Assessment:
         "TorchTarget", "white_box", (1, 8, 8), 10, "models/small cnn.pt", "a" * 64, "digits", 500, "b" * 64
     )
     return Assessment(
-        name="nightly", tool_version="0.1.0", started_at="2025-01-01T00:00:00+00:00", duration_s=125.3,
+        name="nightly",
+        tool_version="0.1.0",
+        started_at="2025-01-01T00:00:00+00:00",
+        duration_s=125.3,
         subject=subject,
-        threat_model={"knowledge": "white box", "budget": {"eps": 8 / 255}}, findings=(evasion, inference),
-        plan_path="plan.yaml", plan_sha256="c" * 64,
+        threat_model={"knowledge": "white box", "budget": {"eps": 8 / 255}},
+        findings=(evasion, inference),
+        plan_path="plan.yaml",
+        plan_sha256="c" * 64,
     )
 
 
@@ -128,18 +156,29 @@ def test_json_validates_and_round_trips_the_figures(reports: dict[str, Path]) ->
     evasion, inference = doc["findings"]
     assert evasion["severity"] == "high" and evasion["attack_class"] == "evasion" and evasion["breaks_policy"]
     assert evasion["metrics"][0]["value"] == {
-        "value": 0.52, "lower": 0.476, "upper": 0.563, "n": 500, "method": "Wilson score interval, 95%"
+        "value": 0.52,
+        "lower": 0.476,
+        "upper": 0.563,
+        "n": 500,
+        "method": "Wilson score interval, 95%",
     }
     assert evasion["metrics"][2]["value"] == 40.0
     assert evasion["metrics"][3]["value"] is None  # NaN
     series = evasion["charts"][0]["series"][0]
     assert (series["x"], series["y"], series["lower"], series["upper"]) == (
-        [0.0, 0.01, 0.03], [0.98, 0.8, 0.52], [0.96, 0.76, 0.48], [0.99, 0.84, 0.56])
+        [0.0, 0.01, 0.03],
+        [0.98, 0.8, 0.52],
+        [0.96, 0.76, 0.48],
+        [0.99, 0.84, 0.56],
+    )
     assert evasion["charts"][1]["log_x"] is True
     assert evasion["tables"][0]["rows"][1] == [8 / 255, 0.52]
     assert evasion["examples"][0]["adversarial"] == ADVERSARIAL
     assert evasion["policy"][0] == {
-        "rule": "robust_accuracy >= 0.7", "threshold": 0.7, "observed": 0.52, "passed": False,
+        "rule": "robust_accuracy >= 0.7",
+        "threshold": 0.7,
+        "observed": 0.52,
+        "passed": False,
         "description": "robust accuracy at ε=8/255",
     }
     assert evasion["provenance"]["settings"] == {"eps": 8 / 255, "steps": 40, "norm": "linf"}
@@ -176,7 +215,8 @@ SARIF_SUBSET = {
     "definitions": {
         "message": {"type": "object", "anyOf": [{"required": ["text"]}, {"required": ["id"]}]},
         "multiformatMessageString": {
-            "type": "object", "required": ["text"],
+            "type": "object",
+            "required": ["text"],
             "properties": {"text": {"type": "string"}, "markdown": {"type": "string"}},
         },
         "propertyBag": {
@@ -184,9 +224,13 @@ SARIF_SUBSET = {
             "properties": {"tags": {"type": "array", "uniqueItems": True, "items": {"type": "string"}}},
         },
         "artifactLocation": {
-            "type": "object", "additionalProperties": False,
-            "properties": {"uri": {"type": "string"}, "uriBaseId": {"type": "string"},
-                           "index": {"type": "integer", "minimum": -1}},
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "uri": {"type": "string"},
+                "uriBaseId": {"type": "string"},
+                "index": {"type": "integer", "minimum": -1},
+            },
         },
         "artifact": {
             "type": "object",
@@ -197,30 +241,39 @@ SARIF_SUBSET = {
             },
         },
         "reportingDescriptor": {
-            "type": "object", "required": ["id"],
+            "type": "object",
+            "required": ["id"],
             "properties": {
                 "id": {"type": "string"},
                 "shortDescription": {"$ref": "#/definitions/multiformatMessageString"},
                 "help": {"$ref": "#/definitions/multiformatMessageString"},
                 "defaultConfiguration": {
-                    "type": "object", "properties": {"level": {"enum": ["none", "note", "warning", "error"]}},
+                    "type": "object",
+                    "properties": {"level": {"enum": ["none", "note", "warning", "error"]}},
                 },
                 "properties": {"$ref": "#/definitions/propertyBag"},
             },
         },
         "run": {
-            "type": "object", "required": ["tool"],
+            "type": "object",
+            "required": ["tool"],
             "properties": {
                 "tool": {
-                    "type": "object", "required": ["driver"],
+                    "type": "object",
+                    "required": ["driver"],
                     "properties": {
                         "driver": {
-                            "type": "object", "required": ["name"],
+                            "type": "object",
+                            "required": ["name"],
                             "properties": {
-                                "name": {"type": "string"}, "version": {"type": "string"},
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
                                 "informationUri": {"type": "string"},
-                                "rules": {"type": "array", "uniqueItems": True,
-                                          "items": {"$ref": "#/definitions/reportingDescriptor"}},
+                                "rules": {
+                                    "type": "array",
+                                    "uniqueItems": True,
+                                    "items": {"$ref": "#/definitions/reportingDescriptor"},
+                                },
                             },
                         }
                     },
@@ -231,20 +284,28 @@ SARIF_SUBSET = {
             },
         },
         "result": {
-            "type": "object", "required": ["message"],
+            "type": "object",
+            "required": ["message"],
             "properties": {
                 "ruleId": {"type": "string"},
                 "ruleIndex": {"type": "integer", "minimum": -1},
                 "kind": {"enum": ["notApplicable", "pass", "fail", "review", "open", "informational"]},
                 "level": {"enum": ["none", "note", "warning", "error"]},
                 "message": {"$ref": "#/definitions/message"},
-                "locations": {"type": "array", "items": {
-                    "type": "object",
-                    "properties": {"physicalLocation": {
+                "locations": {
+                    "type": "array",
+                    "items": {
                         "type": "object",
-                        "properties": {"artifactLocation": {"$ref": "#/definitions/artifactLocation"}},
-                    }},
-                }},
+                        "properties": {
+                            "physicalLocation": {
+                                "type": "object",
+                                "properties": {
+                                    "artifactLocation": {"$ref": "#/definitions/artifactLocation"}
+                                },
+                            }
+                        },
+                    },
+                },
                 "properties": {"$ref": "#/definitions/propertyBag"},
             },
             # SARIF 2.1.0, 3.27.10: a result whose kind is not "fail" has level "none".
@@ -270,7 +331,11 @@ def test_sarif_has_the_2_1_0_structure_rules_and_levels(reports: dict[str, Path]
     assert evasion_rule["properties"]["security-severity"] == "8.0"
     failing, review = run["results"]
     assert (failing["ruleId"], failing["ruleIndex"], failing["kind"], failing["level"]) == (
-        "AISEC-EVA-001", 0, "fail", "error")
+        "AISEC-EVA-001",
+        0,
+        "fail",
+        "error",
+    )
     assert (review["ruleId"], review["kind"], review["level"]) == ("AISEC-INF-001", "review", "none")
     assert review["properties"]["reliable"] is False and review["properties"]["severity"] == "medium"
     assert failing["properties"]["metrics"][0]["value"]["n"] == 500
@@ -283,8 +348,13 @@ def test_sarif_levels_follow_severity() -> None:
     from aisec.report.sarif import to_sarif_dict
 
     base = make_assessment()
-    expected = {Severity.CRITICAL: "error", Severity.HIGH: "error", Severity.MEDIUM: "warning",
-                Severity.LOW: "note", Severity.INFO: "note"}
+    expected = {
+        Severity.CRITICAL: "error",
+        Severity.HIGH: "error",
+        Severity.MEDIUM: "warning",
+        Severity.LOW: "note",
+        Severity.INFO: "note",
+    }
     for severity, level in expected.items():
         finding = dataclasses.replace(base.findings[0], severity=severity)
         log = to_sarif_dict(dataclasses.replace(base, findings=(finding,)))

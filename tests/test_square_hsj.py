@@ -23,7 +23,6 @@ from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only, scores_only
 
 
-
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

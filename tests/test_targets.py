@@ -38,7 +38,6 @@ from aisec.targets import (
     sklearn_target,
 )
 
-
 ESTIMATORS: dict[str, Callable[[], Any]] = {
     "logistic_regression": lambda: LogisticRegression(max_iter=500),
     "linear_svc": lambda: LinearSVC(),

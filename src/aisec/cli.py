@@ -6,10 +6,10 @@ Exit codes: 0 policy held, 1 a finding breaks the policy, 2 bad input, 3 interna
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Iterator
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -41,7 +41,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
 ) -> None:
     """aisec: attack your own AI system the way an adversary would, and prove what holds."""
 
@@ -55,8 +57,14 @@ def _progress(quiet: bool) -> Iterator[Progress]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bars:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
         yield RichProgress(bars)
 
 
@@ -76,7 +84,12 @@ def _summarise(assessment: Assessment, paths: dict[str, Path]) -> None:
         table.add_column(column)
     for f in assessment.findings:
         verdict = "[red]broken[/red]" if f.breaks_policy else "held" if f.policy else "-"
-        table.add_row(f.rule_id, f.severity.value, f.title + ("" if f.reliable else " [yellow](unreliable)[/yellow]"), verdict)
+        table.add_row(
+            f.rule_id,
+            f.severity.value,
+            f.title + ("" if f.reliable else " [yellow](unreliable)[/yellow]"),
+            verdict,
+        )
     console.print(table)
     verdict = "[green]policy held[/green]" if assessment.passed else "[red]policy broken[/red]"
     console.print(f"{verdict}; reports:")
@@ -97,7 +110,9 @@ def _guarded(run: Callable[[], int]) -> None:
     except typer.Exit:
         raise
     except Exception as e:  # a bug in aisec: say so plainly, exit 3
-        console.print(f"[red]internal error[/red] ({type(e).__name__}: {e}); please report it. Nothing was written.")
+        console.print(
+            f"[red]internal error[/red] ({type(e).__name__}: {e}); please report it. Nothing was written."
+        )
         if "--debug" in sys.argv:
             raise
         raise typer.Exit(EXIT_INTERNAL) from None
@@ -108,7 +123,9 @@ def _guarded(run: Callable[[], int]) -> None:
 def assess(
     plan: Annotated[Path, typer.Argument(help="The assessment plan (YAML); see docs/plan.md.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports.")] = Path("out"),
-    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit.")] = ",".join(FORMATS),
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit.")
+    ] = ",".join(FORMATS),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Red-team a model as the plan says; exit 1 when a finding breaks the plan's policy."""
@@ -131,7 +148,9 @@ def assess(
 
 @app.command()
 def demo(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the model, plan and reports.")] = Path("out/demo"),
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the model, plan and reports.")
+    ] = Path("out/demo"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train a small CNN on the built-in digits set, assess it, and write the report (exit 0 unless it fails)."""

@@ -55,7 +55,9 @@ def black_box_beats_white_box(cascade: CascadeResult) -> MaskingCheck:
     )
 
 
-def unbounded_budget(target: WhiteBoxTarget, x: torch.Tensor, y: torch.Tensor, norm: str, generator: torch.Generator) -> MaskingCheck:
+def unbounded_budget(
+    target: WhiteBoxTarget, x: torch.Tensor, y: torch.Tensor, norm: str, generator: torch.Generator
+) -> MaskingCheck:
     """With a budget covering the whole input range, gradient steps alone (no random start) must fool ~every point."""
     eps = full_range_budget(target, norm)  # type: ignore[arg-type]
     r = pgd(target, x, y, PGDConfig(eps=eps, steps=100, norm=norm, random_start=False), generator=generator)  # type: ignore[arg-type]
@@ -100,7 +102,11 @@ def randomised_forward(target: Target, x: torch.Tensor) -> MaskingCheck:
 
 
 def single_step_beats_iterative(
-    target: WhiteBoxTarget, x: torch.Tensor, y: torch.Tensor, cascade: CascadeResult, generator: torch.Generator
+    target: WhiteBoxTarget,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cascade: CascadeResult,
+    generator: torch.Generator,
 ) -> MaskingCheck:
     """FGSM, one step, fools points the whole cascade left robust: iterative attacks are being misled."""
     from aisec.attacks.evasion.fgsm import FGSMConfig, fgsm
@@ -109,7 +115,9 @@ def single_step_beats_iterative(
     for outcome in cascade.outcomes:
         idx = outcome.robust.nonzero().squeeze(1)
         if len(idx):
-            r = fgsm(target, x[idx], y[idx], FGSMConfig(eps=outcome.eps, norm=cascade.norm), generator=generator)
+            r = fgsm(
+                target, x[idx], y[idx], FGSMConfig(eps=outcome.eps, norm=cascade.norm), generator=generator
+            )
             if int(r.success.sum()) > worst:
                 worst_eps, worst = outcome.eps, int(r.success.sum())
     need = max(2, -(-int(cascade.clean_correct.sum()) // 100))  # 1 % of the attacked points, and at least 2
@@ -118,8 +126,9 @@ def single_step_beats_iterative(
         worst >= need,
         worst,
         need,
-        f"at eps={worst_eps:g}, FGSM fooled {worst} point(s) the cascade left robust" if worst else
-        "FGSM fooled no point the cascade left robust",
+        f"at eps={worst_eps:g}, FGSM fooled {worst} point(s) the cascade left robust"
+        if worst
+        else "FGSM fooled no point the cascade left robust",
     )
 
 

@@ -101,7 +101,9 @@ class PolicySection(_Section):
     min_robust_accuracy: dict[float, float] = Field(
         default_factory=dict, description="budget -> lowest acceptable robust accuracy at that budget"
     )
-    fail_on_unreliable: bool = Field(True, description="fail when a masking check makes the figures unreliable")
+    fail_on_unreliable: bool = Field(
+        True, description="fail when a masking check makes the figures unreliable"
+    )
 
     @field_validator("min_robust_accuracy")
     @classmethod

@@ -75,8 +75,13 @@ def run_assessment(
     )
 
 
-def run_plan(plan: Plan, *, plan_path: Path | None = None, plan_sha256: str | None = None,
-             progress: Progress | None = None) -> Assessment:
+def run_plan(
+    plan: Plan,
+    *,
+    plan_path: Path | None = None,
+    plan_sha256: str | None = None,
+    progress: Progress | None = None,
+) -> Assessment:
     """Load the plan's target and data (failing on bad input before any attack) and run its probes."""
     import dataclasses
 
@@ -86,8 +91,16 @@ def run_plan(plan: Plan, *, plan_path: Path | None = None, plan_sha256: str | No
     target, digest = load_target(plan.target)
     data = load_data(plan.data, seed=plan.seed)
     assessment = run_assessment(
-        target, data, plan.probes, threat_model=plan.threat_model, policy=plan.policy, seed=plan.seed,
-        name=plan.name, model_source=str(plan.target.path), model_sha256=digest, progress=progress,
+        target,
+        data,
+        plan.probes,
+        threat_model=plan.threat_model,
+        policy=plan.policy,
+        seed=plan.seed,
+        name=plan.name,
+        model_source=str(plan.target.path),
+        model_sha256=digest,
+        progress=progress,
     )
     return dataclasses.replace(
         assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256

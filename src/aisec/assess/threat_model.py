@@ -28,13 +28,18 @@ class ThreatModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     knowledge: Access = Field(
-        Access.WHITE_BOX, description="white_box: weights and gradients; scores: class scores; labels: labels only"
+        Access.WHITE_BOX,
+        description="white_box: weights and gradients; scores: class scores; labels: labels only",
     )
     norm: Literal["linf", "l2"] = Field("linf", description="how the size of a perturbation is measured")
     budgets: tuple[float, ...] = Field(
-        (0.05, 0.1, 0.15, 0.2, 0.3), min_length=1, description="perturbation sizes to evaluate, in input units"
+        (0.05, 0.1, 0.15, 0.2, 0.3),
+        min_length=1,
+        description="perturbation sizes to evaluate, in input units",
     )
-    query_budget: int = Field(5000, gt=0, description="model queries a black-box attacker may make per sample")
+    query_budget: int = Field(
+        5000, gt=0, description="model queries a black-box attacker may make per sample"
+    )
     stage: Stage = Stage.OPERATION
 
     @field_validator("budgets")

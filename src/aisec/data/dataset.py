@@ -98,4 +98,6 @@ def check_labels(data: LabelledData, num_classes: int) -> None:
     """Raise DataError when a label is outside [0, num_classes)."""
     lo, hi = int(data.y.min()), int(data.y.max())
     if lo < 0 or hi >= num_classes:
-        raise DataError(f"{data.name}: labels range over [{lo}, {hi}] but the model has {num_classes} classes")
+        raise DataError(
+            f"{data.name}: labels range over [{lo}, {hi}] but the model has {num_classes} classes"
+        )

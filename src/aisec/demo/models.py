@@ -24,7 +24,13 @@ def digits_cnn() -> nn.Module:
 
 
 def train_classifier(
-    model: nn.Module, data: LabelledData, *, epochs: int = 30, lr: float = 1e-2, batch_size: int = 64, seed: int = 0
+    model: nn.Module,
+    data: LabelledData,
+    *,
+    epochs: int = 30,
+    lr: float = 1e-2,
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> nn.Module:
     """Plain Adam training with a seeded data order; returns the model in eval mode."""
     torch.manual_seed(seed)

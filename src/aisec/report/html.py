@@ -71,14 +71,20 @@ def render_html(assessment: Assessment) -> str:
         for number, f in enumerate(ordered, start=1)
     ]
     checks = [check for f in assessment.findings for check in f.policy]
-    return _environment().get_template("report.html.j2").render(
-        a=assessment,
-        findings=findings,
-        checks_failed=sum(not check.passed for check in checks),
-        checks_total=len(checks),
-        severity_counts=[(s, sum(f.severity is s for f in assessment.findings)) for s in reversed(Severity)],
-        unreliable=sum(not f.reliable for f in assessment.findings),
-        schema_id=SCHEMA_ID,
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(
+            a=assessment,
+            findings=findings,
+            checks_failed=sum(not check.passed for check in checks),
+            checks_total=len(checks),
+            severity_counts=[
+                (s, sum(f.severity is s for f in assessment.findings)) for s in reversed(Severity)
+            ],
+            unreliable=sum(not f.reliable for f in assessment.findings),
+            schema_id=SCHEMA_ID,
+        )
     )
 
 

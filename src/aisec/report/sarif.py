@@ -35,7 +35,10 @@ _LEVEL = {
 }
 # GitHub code scanning ranks security alerts by this score (9.0+ critical, 7.0+ high, 4.0+ medium, else low).
 _SECURITY_SEVERITY = {
-    Severity.CRITICAL: "9.5", Severity.HIGH: "8.0", Severity.MEDIUM: "5.5", Severity.LOW: "3.0"
+    Severity.CRITICAL: "9.5",
+    Severity.HIGH: "8.0",
+    Severity.MEDIUM: "5.5",
+    Severity.LOW: "3.0",
 }
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # two letters at least, so C:\ stays a path
 

@@ -67,7 +67,9 @@ def _load_torch(path: Path, spec: InputSpec, factory: str, device: str) -> Targe
         raise ModelLoadError(f"target.factory {factory!r} cannot be imported: {e}") from None
     module = build()
     if not isinstance(module, torch.nn.Module):
-        raise ModelLoadError(f"target.factory {factory!r} returned {type(module).__name__}, not a torch nn.Module")
+        raise ModelLoadError(
+            f"target.factory {factory!r} returned {type(module).__name__}, not a torch nn.Module"
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -16,7 +16,9 @@ class TorchTarget(WhiteBoxTarget):
     them on every step).
     """
 
-    def __init__(self, module: nn.Module, spec: InputSpec, *, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self, module: nn.Module, spec: InputSpec, *, device: str | torch.device | None = None
+    ) -> None:
         super().__init__(spec, Access.WHITE_BOX)
         if device is None:
             first = next(module.parameters(), None)

@@ -29,7 +29,7 @@ from aisec.assess.plan import EvasionProbeSection, PolicySection
 from aisec.assess.probe import AssessmentContext
 from aisec.assess.stats import wilson
 from aisec.attacks import AttackClass
-from aisec.attacks.evasion.cascade import CLEAN_WRONG, CascadeResult, run_cascade
+from aisec.attacks.evasion.cascade import CascadeResult, run_cascade
 from aisec.attacks.evasion.minimal import MinimalPerturbation, minimal_perturbation
 from aisec.attacks.evasion.registry import ATTACKS, STRONGEST
 from aisec.errors import CapabilityError
@@ -62,9 +62,16 @@ class EvasionProbe:
         queries_before = context.target.queries.total
 
         cascade = run_cascade(
-            target, x, y, tm.budgets, tm.norm, attacks,
-            query_budget=tm.query_budget, generator=generator,
-            batch_size=self.config.batch_size, progress=context.progress,
+            target,
+            x,
+            y,
+            tm.budgets,
+            tm.norm,
+            attacks,
+            query_budget=tm.query_budget,
+            generator=generator,
+            batch_size=self.config.batch_size,
+            progress=context.progress,
         )
         minimal = None
         if self.config.minimal_perturbation:
@@ -91,7 +98,8 @@ class EvasionProbe:
                 "attacks": list(attacks),
                 "query_budget": tm.query_budget,
                 "batch_size": self.config.batch_size,
-                "minimal_perturbation": "PGD-20 bisection, 8 steps" if target.access is Access.WHITE_BOX
+                "minimal_perturbation": "PGD-20 bisection, 8 steps"
+                if target.access is Access.WHITE_BOX
                 else "HopSkipJump, minimal norm",
                 "queries_spent": context.target.queries.total - queries_before,
                 "torch": torch.__version__,
@@ -99,7 +107,9 @@ class EvasionProbe:
             },
         )
         findings = [
-            _robustness_finding(context, cascade, minimal, fired, provenance, knowledge_note, x, y, self.config, target)
+            _robustness_finding(
+                context, cascade, minimal, fired, provenance, knowledge_note, x, y, self.config, target
+            )
         ]
         if checks:
             findings.append(_masking_finding(checks, fired, provenance, context.policy.fail_on_unreliable))
@@ -119,7 +129,12 @@ def attacker_view(target: Target, knowledge: Access) -> tuple[Target, str]:
 
 
 def _minimal(
-    target: Target, x: torch.Tensor, y: torch.Tensor, cascade: CascadeResult, query_budget: int, generator: torch.Generator
+    target: Target,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cascade: CascadeResult,
+    query_budget: int,
+    generator: torch.Generator,
 ) -> MinimalPerturbation:
     """Minimal perturbation, with the bisection bracketed by the cascade's verdicts at each budget."""
     inf = torch.full((len(x),), float("inf"), device=x.device)
@@ -129,8 +144,14 @@ def _minimal(
     for outcome in cascade.outcomes:
         robust_at = torch.where(outcome.robust, torch.full_like(inf, outcome.eps), robust_at)
     return minimal_perturbation(
-        target, x, y, cascade.norm, fooled_at=fooled_at, robust_at=robust_at,
-        query_budget=query_budget, generator=generator,
+        target,
+        x,
+        y,
+        cascade.norm,
+        fooled_at=fooled_at,
+        robust_at=robust_at,
+        query_budget=query_budget,
+        generator=generator,
     )
 
 
@@ -154,9 +175,15 @@ def _robustness_finding(
     ratio = robust[ref_eps].value / clean.value if clean.value else 0.0
     severity = Severity.HIGH if ratio < 0.5 else Severity.MEDIUM if ratio < 0.95 else Severity.LOW
 
-    metrics = [Metric("clean accuracy", clean, description="share of samples classified correctly without attack")]
+    metrics = [
+        Metric("clean accuracy", clean, description="share of samples classified correctly without attack")
+    ]
     metrics += [
-        Metric(f"robust accuracy at {tm.norm} eps={eps:g}", est, description="share still correct under every attack")
+        Metric(
+            f"robust accuracy at {tm.norm} eps={eps:g}",
+            est,
+            description="share still correct under every attack",
+        )
         for eps, est in robust.items()
     ]
     median_min = None
@@ -164,35 +191,62 @@ def _robustness_finding(
         correct = cascade.clean_correct
         median_min = float(minimal.norm[correct].median()) if correct.any() else None
         metrics.append(
-            Metric(f"median minimal {tm.norm} perturbation", _finite_or_none(median_min), tm.norm,
-                   "over correctly classified samples; the smallest budget found to fool each (lower is worse)")
+            Metric(
+                f"median minimal {tm.norm} perturbation",
+                _finite_or_none(median_min),
+                tm.norm,
+                "over correctly classified samples; the smallest budget found to fool each (lower is worse)",
+            )
         )
     last = cascade.outcomes[-1]
     spent = last.queries[~last.robust & cascade.clean_correct]
     if len(spent):
         black_box = target.access is not Access.WHITE_BOX
         metrics.append(
-            Metric("median queries to success" if black_box else "median forward-backward passes to success",
-                   float(spent.float().median()), "queries",
-                   "over fooled samples: queries the cascade spent on each at the smallest budget that fooled it")
+            Metric(
+                "median queries to success" if black_box else "median forward-backward passes to success",
+                float(spent.float().median()),
+                "queries",
+                "over fooled samples: queries the cascade spent on each at the smallest budget that fooled it",
+            )
         )
 
     checks = []
     if policy.min_clean_accuracy is not None:
-        checks.append(PolicyCheck("min_clean_accuracy", policy.min_clean_accuracy, clean.value,
-                                  clean.value >= policy.min_clean_accuracy))
+        checks.append(
+            PolicyCheck(
+                "min_clean_accuracy",
+                policy.min_clean_accuracy,
+                clean.value,
+                clean.value >= policy.min_clean_accuracy,
+            )
+        )
     for eps, threshold in sorted(policy.min_robust_accuracy.items()):
         observed = robust[eps].value
-        checks.append(PolicyCheck(f"min_robust_accuracy@{eps:g}", threshold, observed, observed >= threshold,
-                                  f"robust accuracy at {tm.norm} eps={eps:g}"))
+        checks.append(
+            PolicyCheck(
+                f"min_robust_accuracy@{eps:g}",
+                threshold,
+                observed,
+                observed >= threshold,
+                f"robust accuracy at {tm.norm} eps={eps:g}",
+            )
+        )
 
     rows = tuple(
-        (f"{o.eps:g}", round(robust[o.eps].value, 4), f"{robust[o.eps].lower:.3f}–{robust[o.eps].upper:.3f}",
-         *(o.broken_per_attack[a] for a in cascade.attacks))
+        (
+            f"{o.eps:g}",
+            round(robust[o.eps].value, 4),
+            f"{robust[o.eps].lower:.3f}–{robust[o.eps].upper:.3f}",
+            *(o.broken_per_attack[a] for a in cascade.attacks),
+        )
         for o in cascade.outcomes
     )
-    table = Table("Robust accuracy by budget, and the points each attack fooled first",
-                  ("budget", "robust accuracy", "95% CI", *cascade.attacks), rows)
+    table = Table(
+        "Robust accuracy by budget, and the points each attack fooled first",
+        ("budget", "robust accuracy", "95% CI", *cascade.attacks),
+        rows,
+    )
     charts = [_robustness_chart(tm.norm, clean, robust, minimal, cascade)]
     examples = _examples(target, x, y, cascade, config.examples)
 
@@ -207,7 +261,11 @@ def _robustness_finding(
     if knowledge_note:
         message += " " + knowledge_note
     if fired:
-        message += " These figures are UNRELIABLE: gradient masking is suspected (" + "; ".join(c.name for c in fired) + ")."
+        message += (
+            " These figures are UNRELIABLE: gradient masking is suspected ("
+            + "; ".join(c.name for c in fired)
+            + ")."
+        )
     return Finding(
         rule_id=RULE_ROBUSTNESS,
         title=f"Robust accuracy under {tm.norm} evasion ({target.access.value} attacker)",
@@ -252,24 +310,43 @@ def _recommendation(severity: Severity, access: Access) -> str:
 
 
 def _robustness_chart(
-    norm: str, clean: Estimate, robust: dict[float, Estimate], minimal: MinimalPerturbation | None,
+    norm: str,
+    clean: Estimate,
+    robust: dict[float, Estimate],
+    minimal: MinimalPerturbation | None,
     cascade: CascadeResult,
 ) -> Chart:
     budgets = (0.0, *robust)
     ests = (clean, *robust.values())
-    series = [Series("robust accuracy (cascade)", budgets, tuple(e.value for e in ests),
-                     tuple(e.lower for e in ests), tuple(e.upper for e in ests))]
+    series = [
+        Series(
+            "robust accuracy (cascade)",
+            budgets,
+            tuple(e.value for e in ests),
+            tuple(e.lower for e in ests),
+            tuple(e.upper for e in ests),
+        )
+    ]
     if minimal is not None:
         top = max(robust) * 1.5
         grid = tuple(top * i / 60 for i in range(61))
         norms = minimal.norm
         n = len(norms)
-        series.append(Series("accuracy if each sample's minimal perturbation fits the budget", grid,
-                             tuple(float((norms > g).sum()) / n for g in grid)))
-    return Chart("robust-accuracy", f"Robust accuracy vs {norm} budget", f"{norm} budget", "accuracy", tuple(series))
+        series.append(
+            Series(
+                "accuracy if each sample's minimal perturbation fits the budget",
+                grid,
+                tuple(float((norms > g).sum()) / n for g in grid),
+            )
+        )
+    return Chart(
+        "robust-accuracy", f"Robust accuracy vs {norm} budget", f"{norm} budget", "accuracy", tuple(series)
+    )
 
 
-def _examples(target: Target, x: torch.Tensor, y: torch.Tensor, cascade: CascadeResult, count: int) -> list[Example]:
+def _examples(
+    target: Target, x: torch.Tensor, y: torch.Tensor, cascade: CascadeResult, count: int
+) -> list[Example]:
     """Up to `count` samples fooled at the smallest budget where any was, as images when the input is one."""
     shape = tuple(x.shape[1:])
     is_image = len(shape) == 3 and shape[0] in (1, 3) or len(shape) == 2
@@ -295,38 +372,64 @@ def _examples(target: Target, x: torch.Tensor, y: torch.Tensor, cascade: Cascade
     return [
         Example(
             caption=f"sample {int(i)} at eps={outcome.eps:g} ({cascade.attacks[int(outcome.broken_by[i])]})",
-            original=image(x[i]), adversarial=image(outcome.x_adv[i]), true_label=int(y[i]),
-            original_prediction=int(clean_pred[k]), adversarial_prediction=int(adv_pred[k]),
-            perturbation_norm=float(norms[k]), budget=outcome.eps,
+            original=image(x[i]),
+            adversarial=image(outcome.x_adv[i]),
+            true_label=int(y[i]),
+            original_prediction=int(clean_pred[k]),
+            adversarial_prediction=int(adv_pred[k]),
+            perturbation_norm=float(norms[k]),
+            budget=outcome.eps,
         )
         for k, i in enumerate(idx)
     ]
 
 
-def _masking_finding(checks: list[MaskingCheck], fired: list[MaskingCheck], provenance: Provenance,
-                     fail_on_unreliable: bool) -> Finding:
-    table = Table("Gradient-masking checks", ("check", "fired", "observed", "threshold", "detail"),
-                  tuple((c.name, "yes" if c.fired else "no", round(c.observed, 4), c.threshold, c.detail) for c in checks))
+def _masking_finding(
+    checks: list[MaskingCheck], fired: list[MaskingCheck], provenance: Provenance, fail_on_unreliable: bool
+) -> Finding:
+    table = Table(
+        "Gradient-masking checks",
+        ("check", "fired", "observed", "threshold", "detail"),
+        tuple(
+            (c.name, "yes" if c.fired else "no", round(c.observed, 4), c.threshold, c.detail) for c in checks
+        ),
+    )
     if not fired:
         return Finding(
-            rule_id=RULE_MASKING_PASSED, title="No sign of gradient masking", attack_class=AttackClass.EVASION,
+            rule_id=RULE_MASKING_PASSED,
+            title="No sign of gradient masking",
+            attack_class=AttackClass.EVASION,
             severity=Severity.INFO,
             message=f"All {len(checks)} gradient-masking checks passed; the white-box figures can be relied upon "
-                    "as far as these symptoms tell.",
-            recommendation="None needed.", provenance=provenance, tables=(table,),
+            "as far as these symptoms tell.",
+            recommendation="None needed.",
+            provenance=provenance,
+            tables=(table,),
         )
-    policy = (PolicyCheck("fail_on_unreliable", 0, len(fired), False, "gradient masking makes the figures unreliable"),) \
-        if fail_on_unreliable else ()
+    policy = (
+        (
+            PolicyCheck(
+                "fail_on_unreliable", 0, len(fired), False, "gradient masking makes the figures unreliable"
+            ),
+        )
+        if fail_on_unreliable
+        else ()
+    )
     return Finding(
-        rule_id=RULE_MASKING, title="Gradient masking suspected: robustness figures are unreliable",
-        attack_class=AttackClass.EVASION, severity=Severity.HIGH,
+        rule_id=RULE_MASKING,
+        title="Gradient masking suspected: robustness figures are unreliable",
+        attack_class=AttackClass.EVASION,
+        severity=Severity.HIGH,
         message="The model shows symptoms of gradient masking, so gradient-based attacks under-estimate what an "
-                "adaptive attacker achieves: " + "; ".join(c.detail for c in fired) + ".",
+        "adaptive attacker achieves: " + "; ".join(c.detail for c in fired) + ".",
         recommendation=(
             "Treat the reported robust accuracy as an upper bound. Evaluate with adaptive attacks: replace "
             "non-differentiable or saturating layers by a differentiable approximation in the backward pass (BPDA, "
             "Athalye et al. 2018), average gradients over the model's randomness (EOT), and rely on the black-box "
             "attacks' figures. Remove the masking component if it is meant as a defence: it is not one."
         ),
-        provenance=provenance, tables=(table,), policy=policy, reliable=False,
+        provenance=provenance,
+        tables=(table,),
+        policy=policy,
+        reliable=False,
     )

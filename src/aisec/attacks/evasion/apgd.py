@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from aisec.attacks.evasion.gradients import input_gradient
-from aisec.attacks.evasion.inputs import Batch, check_positive, prepare
+from aisec.attacks.evasion.inputs import Batch, check_positive, prepare, take
 from aisec.attacks.evasion.losses import LOSSES, dlr, is_success
 from aisec.attacks.evasion.norms import (
     NORMS,
@@ -24,6 +24,7 @@ from aisec.attacks.evasion.norms import (
     per_sample,
     project,
     random_in_ball,
+    rows,
 )
 from aisec.attacks.evasion.result import EvasionResult, finish
 from aisec.errors import DataError
@@ -77,7 +78,7 @@ def apgd(
     best = b.x.clone()
     queries = torch.ones(len(b.x), dtype=torch.int64, device=b.x.device)
     todo = (~success).nonzero().squeeze(1)
-    t = _take(b.target_labels, todo)
+    t = take(b.target_labels, todo)
     found, ok, used = _restarts(target, b, todo, loss_fn, t, t, config, generator)
     _merge(best, success, queries, todo, found, ok, used)
     return finish(name, b.x, best, success, queries, config.norm, config.eps, targeted)
@@ -156,18 +157,9 @@ def _merge(
     used: torch.Tensor,
 ) -> None:
     """Write the outcome of a run over the samples `idx` into the batch-wide tensors."""
-    best[idx] = torch.where(_rows(ok, best), found, best[idx])
+    best[idx] = torch.where(rows(ok, best), found, best[idx])
     success[idx] |= ok
     queries[idx] += used
-
-
-def _take(labels: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
-    return None if labels is None else labels[rows]
-
-
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-sample boolean mask shaped to broadcast over a batch like `like`."""
-    return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
 def _restarts(
@@ -192,9 +184,9 @@ def _restarts(
         todo = (~ok).nonzero().squeeze(1)
         if len(todo) == 0:
             break
-        sub = Batch(b.x[idx[todo]], b.y[idx[todo]], _take(goal_targets, todo), b.lower, b.upper)
+        sub = Batch(b.x[idx[todo]], b.y[idx[todo]], take(goal_targets, todo), b.lower, b.upper)
         _merge(
-            found, ok, used, todo, *_run(target, sub, loss_fn, _take(loss_targets, todo), config, generator)
+            found, ok, used, todo, *_run(target, sub, loss_fn, take(loss_targets, todo), config, generator)
         )
     return found, ok, used
 
@@ -271,7 +263,7 @@ def _track(state: dict[str, torch.Tensor], loss: torch.Tensor, grad: torch.Tenso
     state["rises"] = state["rises"] + (loss > state["loss_prev"])
     state["loss_prev"] = loss
     better = loss > state["loss_best"]
-    mask = _rows(better, grad)
+    mask = rows(better, grad)
     state["x_best"] = torch.where(mask, state["x_cur"], state["x_best"])
     state["grad_best"] = torch.where(mask, grad, state["grad_best"])
     state["loss_best"] = torch.where(better, loss, state["loss_best"])
@@ -284,7 +276,7 @@ def _review(state: dict[str, torch.Tensor], grad: torch.Tensor, since: int, rho:
     stalled = state["rises"] < rho * since
     unchanged = ~state["halved"] & (state["loss_best"] <= state["best_at_review"])
     halve = stalled | unchanged
-    mask = _rows(halve, grad)
+    mask = rows(halve, grad)
     state["step_size"] = torch.where(halve, state["step_size"] / 2, state["step_size"])
     state["x_cur"] = torch.where(mask, state["x_best"], state["x_cur"])
     state["loss_prev"] = torch.where(halve, state["loss_best"], state["loss_prev"])

@@ -71,7 +71,9 @@ def run_cascade(
     progress = progress or NullProgress()
     for name in attacks:
         if not target.access.allows(ATTACKS[name].needs):
-            raise CapabilityError(f"{name} needs {ATTACKS[name].needs.value} access; {target.describe()} gives less")
+            raise CapabilityError(
+                f"{name} needs {ATTACKS[name].needs.value} access; {target.describe()} gives less"
+            )
     x = x.to(target.device)
     y = y.to(target.device)
     with torch.no_grad():
@@ -83,14 +85,18 @@ def run_cascade(
     outcomes = []
     for eps in sorted(budgets):
         queries[robust] = 0
-        broken_by = torch.where(clean_correct, torch.full_like(y, EARLIER_BUDGET), torch.full_like(y, CLEAN_WRONG))
+        broken_by = torch.where(
+            clean_correct, torch.full_like(y, EARLIER_BUDGET), torch.full_like(y, CLEAN_WRONG)
+        )
         broken_by[robust] = ROBUST
         counts = {}
         with progress.task(f"{norm} eps={eps:g}: cascade of {len(attacks)}", total=len(attacks)) as task:
             for k, name in enumerate(attacks):
                 todo = robust.nonzero().squeeze(1)
                 if len(todo):
-                    result = _attack_in_batches(target, x[todo], y[todo], eps, norm, name, query_budget, generator, batch_size)
+                    result = _attack_in_batches(
+                        target, x[todo], y[todo], eps, norm, name, query_budget, generator, batch_size
+                    )
                     queries[todo] += result.queries
                     fooled = result.success & _verified(target, x[todo], y[todo], result, eps, batch_size)
                     hit = todo[fooled]

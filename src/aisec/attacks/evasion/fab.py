@@ -14,9 +14,17 @@ from dataclasses import dataclass
 import torch
 
 from aisec.attacks.evasion.gradients import input_gradient
-from aisec.attacks.evasion.inputs import Batch, check_positive, prepare
+from aisec.attacks.evasion.inputs import Batch, check_positive, prepare, take
 from aisec.attacks.evasion.losses import is_success, margin
-from aisec.attacks.evasion.norms import NORMS, Norm, batch_norm, clip_to_bounds, per_sample, random_in_ball
+from aisec.attacks.evasion.norms import (
+    NORMS,
+    Norm,
+    batch_norm,
+    clip_to_bounds,
+    per_sample,
+    random_in_ball,
+    rows,
+)
 from aisec.attacks.evasion.result import EvasionResult, finish
 from aisec.errors import DataError
 from aisec.targets.base import Access, WhiteBoxTarget
@@ -128,11 +136,6 @@ def _success(size: torch.Tensor, config: FABConfig) -> torch.Tensor:
     return size < float("inf") if config.eps is None else size <= config.eps
 
 
-def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A per-sample boolean mask shaped to broadcast over a batch like `like`."""
-    return mask.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _merge(
     best: torch.Tensor,
     size: torch.Tensor,
@@ -144,7 +147,7 @@ def _merge(
 ) -> None:
     """Keep, for the samples `idx`, the smaller of the known and the newly found adversarial examples."""
     smaller = found_size < size[idx]
-    best[idx] = torch.where(_rows(smaller, best), found, best[idx])
+    best[idx] = torch.where(rows(smaller, best), found, best[idx])
     size[idx] = torch.minimum(found_size, size[idx])
     queries[idx] += used
 
@@ -175,24 +178,20 @@ def _restarts(
         todo = todo.nonzero().squeeze(1)
         if len(todo) == 0:
             break
-        sub = _subset(b, idx[todo], _take(goal_targets, todo))
+        sub = _subset(b, idx[todo], take(goal_targets, todo))
         start = sub.x
         if run > 0:
             radius = torch.clamp(size[todo], max=eps) / 2
             start = clip_to_bounds(
                 sub.x + random_in_ball(sub.x, radius, config.norm, generator), b.lower, b.upper
             )
-        _merge(found, size, used, todo, *_run(target, sub, start, _take(boundary_targets, todo), config))
+        _merge(found, size, used, todo, *_run(target, sub, start, take(boundary_targets, todo), config))
     return found, size, used
 
 
-def _take(labels: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
-    return None if labels is None else labels[rows]
-
-
-def _subset(b: Batch, rows: torch.Tensor, goal_targets: torch.Tensor | None) -> Batch:
-    """The samples `rows` of the batch, with the classes that count as their success (None: any wrong label)."""
-    return Batch(b.x[rows], b.y[rows], goal_targets, b.lower, b.upper)
+def _subset(b: Batch, index: torch.Tensor, goal_targets: torch.Tensor | None) -> Batch:
+    """The samples `index` of the batch, with the classes that count as their success (None: any wrong label)."""
+    return Batch(b.x[index], b.y[index], goal_targets, b.lower, b.upper)
 
 
 def _run(
@@ -239,18 +238,18 @@ def _run(
             x_next = _step(state["x_cur"], state["x0"], f, g, b, config)
             adv = record(x_next, target.logits(x_next))
             back = state["x0"] + config.beta * (x_next - state["x0"])
-            state["x_cur"] = torch.where(_rows(adv, x_next), back, x_next)
+            state["x_cur"] = torch.where(rows(adv, x_next), back, x_next)
         keep = size[active] > _stop_at(config)
         if not bool(keep.all()):
             if not bool(keep.any()):
                 break
             active = active[keep]
             state = {k: v[keep] for k, v in state.items()}
-    rows = ((size > _stop_at(config)) & (size < float("inf"))).nonzero().squeeze(1)
-    if len(rows):
-        sub = _subset(b, rows, _take(b.target_labels, rows))
-        found[rows], size[rows], extra = _final_search(target, sub, found[rows], config.norm)
-        used[rows] += extra
+    refine = ((size > _stop_at(config)) & (size < float("inf"))).nonzero().squeeze(1)
+    if len(refine):
+        sub = _subset(b, refine, take(b.target_labels, refine))
+        found[refine], size[refine], extra = _final_search(target, sub, found[refine], config.norm)
+        used[refine] += extra
     return found, size, used
 
 
@@ -269,12 +268,12 @@ def _boundary(
     target is (`reach_target`), since that is the class the target has to overtake.
     """
     logits = target.logits(x)
-    rows = torch.arange(len(x), device=x.device)
+    every = torch.arange(len(x), device=x.device)
     if boundary_targets is not None:
         rival = y
         if reach_target:
             rival = logits.detach().scatter(1, boundary_targets[:, None], float("-inf")).argmax(1)
-        diff = logits[rows, boundary_targets] - logits[rows, rival]
+        diff = logits[every, boundary_targets] - logits[every, rival]
         g = input_gradient(diff.sum(), x)
         return logits.detach(), diff.detach(), g
     k = logits.shape[1]
@@ -282,12 +281,12 @@ def _boundary(
         [input_gradient(logits[:, c].sum(), x, retain_graph=c < k - 1) for c in range(k)], 1
     ).flatten(2)
     logits = logits.detach()
-    df = logits - logits[rows, y][:, None]
-    dg = jac - jac[rows, y][:, None]
+    df = logits - logits[every, y][:, None]
+    dg = jac - jac[every, y][:, None]
     dual = dg.abs().sum(2) if norm == "linf" else dg.norm(dim=2)
     distance = (df.abs() / (dual + 1e-12)).scatter(1, y[:, None], float("inf"))
     s = distance.argmin(1)
-    return logits, df[rows, s], dg[rows, s].view_as(x)
+    return logits, df[every, s], dg[every, s].view_as(x)
 
 
 def _step(
@@ -358,9 +357,9 @@ def _final_search(
             logits = target.logits(mid)
             adv_mid = is_success(logits.argmax(1), b.y, b.target_labels)
             m_mid = margin(logits, b.y, b.target_labels)
-            inner = torch.where(_rows(adv_mid, mid), inner, mid)
+            inner = torch.where(rows(adv_mid, mid), inner, mid)
             m_in = torch.where(adv_mid, m_in, m_mid)
-            outer = torch.where(_rows(adv_mid, mid), mid, outer)
+            outer = torch.where(rows(adv_mid, mid), mid, outer)
             m_out = torch.where(adv_mid, m_mid, m_out)
     used = torch.full((len(adv),), 2 + FINAL_SEARCH_STEPS, dtype=torch.int64, device=adv.device)
     return outer, batch_norm(outer - b.x, norm), used

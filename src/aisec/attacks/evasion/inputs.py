@@ -22,7 +22,12 @@ class Batch:
 
 
 def prepare(
-    target: Target, x: torch.Tensor, y: torch.Tensor, target_labels: torch.Tensor | None, needs: Access, attack: str
+    target: Target,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target_labels: torch.Tensor | None,
+    needs: Access,
+    attack: str,
 ) -> Batch:
     """Move a batch to the target's device and refuse it with a clear error when it cannot be attacked."""
     if not target.access.allows(needs):
@@ -40,9 +45,16 @@ def prepare(
     if target_labels is not None:
         target_labels = torch.as_tensor(target_labels).to(device=device, dtype=torch.int64)
         if target_labels.shape != y.shape:
-            raise DataError(f"{attack}: target labels have shape {tuple(target_labels.shape)}, labels {tuple(y.shape)}")
+            raise DataError(
+                f"{attack}: target labels have shape {tuple(target_labels.shape)}, labels {tuple(y.shape)}"
+            )
     lower, upper = target.spec.bounds(x)
     return Batch(x, y, target_labels, lower, upper)
+
+
+def take(labels: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    """labels[index], passing None (no target labels) through."""
+    return None if labels is None else labels[index]
 
 
 def check_positive(attack: str, **values: float | int | None) -> None:

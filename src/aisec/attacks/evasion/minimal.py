@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from aisec.attacks.evasion.inputs import prepare
-from aisec.attacks.evasion.norms import Norm, batch_norm
+from aisec.attacks.evasion.norms import Norm, batch_norm, rows
 from aisec.attacks.evasion.pgd import PGDConfig, pgd_per_sample
 from aisec.targets.base import Access, Target, WhiteBoxTarget
 
@@ -65,7 +65,11 @@ def minimal_perturbation(
         return MinimalPerturbation(found, r.x_adv, r.queries, norm, max_budget)
 
     n = len(b.x)
-    hi = torch.full((n,), max_budget, device=b.x.device) if fooled_at is None else fooled_at.to(b.x.device).clone()
+    hi = (
+        torch.full((n,), max_budget, device=b.x.device)
+        if fooled_at is None
+        else fooled_at.to(b.x.device).clone()
+    )
     hi = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, max_budget))
     lo = torch.zeros(n, device=b.x.device) if robust_at is None else robust_at.to(b.x.device).clone()
     config = PGDConfig(eps=max_budget, steps=steps, norm=norm, restarts=1)
@@ -94,5 +98,5 @@ def minimal_perturbation(
         found[won] = hi[won]
         lo[lost] = mid[~ok_mid]
     found = torch.where(clean_wrong, torch.zeros_like(found), found)
-    best = torch.where(clean_wrong.view(-1, *([1] * (b.x.dim() - 1))), b.x, best)
+    best = torch.where(rows(clean_wrong, b.x), b.x, best)
     return MinimalPerturbation(found, best, queries, norm, max_budget)

@@ -10,10 +10,15 @@ Norm = Literal["linf", "l2"]
 NORMS: tuple[Norm, ...] = ("linf", "l2")
 
 
+def rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """An (n,) tensor (a mask or per-sample values, dtype kept) viewed to broadcast over a batch like `like`."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 def per_sample(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A scalar or (n,) tensor reshaped to broadcast over a batch shaped like `like`."""
+    """A scalar or (n,) tensor in `like`'s dtype, shaped to broadcast over a batch like `like`."""
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return t.view(-1, *([1] * (like.dim() - 1))) if t.dim() == 1 else t
+    return rows(t, like) if t.dim() == 1 else t
 
 
 def batch_norm(delta: torch.Tensor, norm: Norm) -> torch.Tensor:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
     from aisec.attacks.evasion.result import EvasionResult
     from aisec.targets.base import Target
 
-Runner = Callable[["Target", "torch.Tensor", "torch.Tensor", float, "Norm", int, "torch.Generator"], "EvasionResult"]
+Runner = Callable[
+    ["Target", "torch.Tensor", "torch.Tensor", float, "Norm", int, "torch.Generator"], "EvasionResult"
+]
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ def _square(target, x, y, eps, norm, query_budget, generator):  # type: ignore[n
 def _hopskipjump(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
     from aisec.attacks.evasion.hopskipjump import HSJConfig, hopskipjump
 
-    return hopskipjump(target, x, y, HSJConfig(norm=norm, eps=eps, max_queries=query_budget), generator=generator)
+    return hopskipjump(
+        target, x, y, HSJConfig(norm=norm, eps=eps, max_queries=query_budget), generator=generator
+    )
 
 
 ATTACKS: dict[str, AttackSpec] = {

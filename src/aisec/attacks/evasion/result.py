@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.attacks.evasion.norms import Norm
+from aisec.attacks.evasion.norms import Norm, batch_norm, rows
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,7 @@ def finish(
     targeted: bool,
 ) -> EvasionResult:
     """Build a result: originals where the attack failed, norms measured on what is returned."""
-    from aisec.attacks.evasion.norms import batch_norm
-
-    mask = success.view(-1, *([1] * (x.dim() - 1)))
+    mask = rows(success, x)
     x_adv = torch.where(mask, best, x).detach()
     return EvasionResult(
         attack=attack,
