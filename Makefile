@@ -30,7 +30,7 @@ $(STAMP): $(CONSTRAINTS) pyproject.toml
 $(VENV)/.aisec-bench: $(STAMP)
 	# torchattacks declares torchvision, which it does not need for its attacks and which has no CPU build here.
 	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps torchattacks==3.5.1
-	$(PIP) install --quiet -c $(CONSTRAINTS) scipy tqdm requests
+	$(PIP) install --quiet -c $(CONSTRAINTS) scipy tqdm requests multiprocess
 	touch $@
 
 demo: $(STAMP)

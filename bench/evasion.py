@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -69,12 +70,11 @@ def main() -> None:
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.03, 0.05, 0.1, 0.15, 0.2])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--skip-curve", action="store_true", help="only part 1")
+    parser.add_argument("--parts", default="pgd,curve", help="comma-separated: pgd, curve")
+    parser.add_argument("--curve-samples", type=int, default=1000, help="samples for part 2 (the first ones)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    import torchattacks
-    from art.attacks.evasion import AutoAttack, ProjectedGradientDescentPyTorch
     from art.estimators.classification import PyTorchClassifier
 
     split = load_builtin("digits", seed=0)
@@ -91,12 +91,23 @@ def main() -> None:
         clip_values=(0.0, 1.0),
         device_type="gpu" if args.device == "cuda" else "cpu",
     )
-    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
-    eps, steps = args.eps, 40
-    print(
-        f"# device={args.device} threads={args.threads} torch={torch.__version__} samples={len(x)} eps={eps}"
-    )
+    print(f"# device={args.device} threads={args.threads} torch={torch.__version__}")
 
+    parts = {p.strip() for p in args.parts.split(",")}
+    if "pgd" in parts:
+        bench_pgd(args, model, target, art_clf, x, y)
+    if "curve" in parts:
+        n = args.curve_samples
+        bench_curve(args, model, target, art_clf, x[:n], y[:n])
+
+
+def bench_pgd(args: argparse.Namespace, model, target, art_clf, x: torch.Tensor, y: torch.Tensor) -> None:  # noqa: ANN001
+    """Part 1: PGD-40 of each implementation, interleaved repeats, medians and ratios to the floor."""
+    import torchattacks
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+
+    eps, steps = args.eps, 40
+    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
     runners: dict[str, Callable[[int], float]] = {
         "floor (bare torch loop)": lambda s: success(
             model, floor_pgd(model, x, y, eps, steps, torch.Generator(args.device).manual_seed(s)), y
@@ -151,14 +162,19 @@ def main() -> None:
             times[name].append(t)
             rates[name].append(rate)
     floor = statistics.median(times["floor (bare torch loop)"])
+    sys.stdout.flush()
     print(f"\n## PGD-40 L-inf eps={eps}, {len(x)} samples, median of {args.repeats}\n")
     print("| implementation | median s | x floor | success rate |\n|---|---|---|---|")
     for name in runners:
         med = statistics.median(times[name])
         print(f"| {name} | {med:.3f} | {med / floor:.3f} | {statistics.median(rates[name]):.3f} |")
 
-    if args.skip_curve:
-        return
+
+def bench_curve(args: argparse.Namespace, model, target, art_clf, x: torch.Tensor, y: torch.Tensor) -> None:  # noqa: ANN001
+    """Part 2: the robust-accuracy curve from aisec's cascade and from ART's AutoAttack, same budgets."""
+    from art.attacks.evasion import AutoAttack
+
+    x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
     print(f"\n## Robust-accuracy curve, {len(x)} samples, budgets {args.budgets}\n")
     t, cascade = timed(
         lambda: run_cascade(
@@ -173,6 +189,7 @@ def main() -> None:
         )
     )
     ours = {o.eps: o.robust_count / len(x) for o in cascade.outcomes}
+    print(f"#   aisec cascade, 5 budgets: {t:.1f} s, robust accuracy {ours}", flush=True)
     art_acc, art_time = {}, 0.0
     for b in args.budgets:
         attack = AutoAttack(art_clf, norm=np.inf, eps=b, eps_step=2.5 * b / 100, batch_size=len(x))
@@ -180,7 +197,7 @@ def main() -> None:
         art_time += tb
         art_acc[b] = 1 - success(model, torch.as_tensor(x_adv, device=args.device), y)
         print(f"#   ART AutoAttack eps={b}: {tb:.1f} s, robust accuracy {art_acc[b]:.3f}", flush=True)
-    print("| budget | aisec cascade robust acc | ART AutoAttack robust acc |\n|---|---|---|")
+    print("\n| budget | aisec cascade robust acc | ART AutoAttack robust acc |\n|---|---|---|")
     for b in args.budgets:
         print(f"| {b:g} | {ours[b]:.3f} | {art_acc[b]:.3f} |")
     print(

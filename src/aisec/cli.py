@@ -159,7 +159,9 @@ def demo(
         from aisec.demo.run import run_demo
         from aisec.report.writer import write_reports
 
-        console.print("training the demo CNN on digits and assessing it (about a minute on 2 cores)...")
+        console.print(
+            "training the demo CNN on digits and assessing it (about two minutes on 2 CPU cores)..."
+        )
         with _progress(quiet) as progress:
             plan_path, assessment = run_demo(output, progress)
         paths = write_reports(assessment, output, FORMATS)

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers see; at run time, __getattr__ imports each name on first use
-    from aisec.targets.base import Access, InputSpec, QueryCounter, Target, TargetInfo, WhiteBoxTarget
+    from aisec.targets.base import Access, InputSpec, QueryCounter, Target, WhiteBoxTarget
     from aisec.targets.callable_target import CallableTarget
     from aisec.targets.onnx_target import OnnxTarget
     from aisec.targets.sklearn_models import SklearnTarget, SklearnTorchTarget, sklearn_target
@@ -29,7 +29,6 @@ _EXPORTS = {
     "InputSpec": "aisec.targets.base",
     "QueryCounter": "aisec.targets.base",
     "Target": "aisec.targets.base",
-    "TargetInfo": "aisec.targets.base",
     "WhiteBoxTarget": "aisec.targets.base",
     "TorchTarget": "aisec.targets.torch_target",
     "sklearn_target": "aisec.targets.sklearn_models",
@@ -52,7 +51,6 @@ __all__ = [
     "SklearnTarget",
     "SklearnTorchTarget",
     "Target",
-    "TargetInfo",
     "TorchTarget",
     "WhiteBoxTarget",
     "label_only",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aisec.errors import CapabilityError, DataError
@@ -147,16 +147,3 @@ class WhiteBoxTarget(Target):
 
         with torch.no_grad():
             return self._logits(x)
-
-
-@dataclass(frozen=True)
-class TargetInfo:
-    """What a report says about the model under test."""
-
-    kind: str
-    access: Access
-    input_shape: tuple[int, ...]
-    num_classes: int
-    sha256: str | None = None
-    source: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
