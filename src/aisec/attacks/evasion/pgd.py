@@ -25,7 +25,9 @@ from aisec.targets.base import Access, WhiteBoxTarget
 
 @dataclass(frozen=True)
 class PGDConfig:
-    """eps: budget; step_size defaults to 2.5 * eps / steps; restarts: extra runs on points not yet fooled.
+    """eps: budget; step_size defaults to 2.5 * eps / steps; restarts: extra runs on points not yet fooled,
+    always from a random start; random_start: whether the first run starts at a random point of the ball
+    (True) or at the clean input (False).
 
     early_stop drops a sample from the batch at its first success: the robust-accuracy figure is unchanged
     (success at any iterate counts) and fooled samples cost nothing more.

@@ -42,7 +42,9 @@ def _fgsm(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-
 def _pgd(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
     from aisec.attacks.evasion.pgd import PGDConfig, pgd
 
-    return pgd(target, x, y, PGDConfig(eps=eps, norm=norm, steps=40, restarts=1), generator=generator)
+    # First run from the clean input (as ART and Madry et al.'s evaluation do), then one from a random start.
+    config = PGDConfig(eps=eps, norm=norm, steps=40, restarts=1, random_start=False)
+    return pgd(target, x, y, config, generator=generator)
 
 
 def _apgd(loss: str) -> Runner:
