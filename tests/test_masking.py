@@ -52,3 +52,32 @@ def test_randomised_model_is_flagged(digits, digits_model):
 
     check = randomised_forward(TorchTarget(Noisy(), InputSpec((1, 8, 8), 10)), digits.test.x[:50])
     assert check.fired
+
+
+def _outcome(eps, robust_left, fooled_by_square, n):
+    from aisec.attacks.evasion.cascade import BudgetOutcome
+
+    robust = torch.zeros(n, dtype=torch.bool)
+    robust[:robust_left] = True
+    return BudgetOutcome(
+        eps,
+        robust,
+        torch.zeros(n, dtype=torch.long),
+        torch.zeros(n, 1),
+        torch.zeros(n),
+        {"apgd-ce": 0, "square": fooled_by_square},
+    )
+
+
+def test_black_box_check_needs_evidence_not_a_share_of_two():
+    from aisec.assess.masking import black_box_beats_white_box
+    from aisec.attacks.evasion.cascade import CascadeResult
+
+    def cascade(left, fooled, n=200):
+        return CascadeResult(
+            ("apgd-ce", "square"), "linf", torch.ones(n, dtype=torch.bool), (_outcome(0.1, left, fooled, n),)
+        )
+
+    assert not black_box_beats_white_box(cascade(0, 2)).fired  # 2 of 2: too few to mean anything
+    assert not black_box_beats_white_box(cascade(105, 5)).fired  # 5 of 110: a weak white-box set
+    assert black_box_beats_white_box(cascade(27, 129)).fired  # 129 of 156: the masked model's figure

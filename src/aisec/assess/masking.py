@@ -31,17 +31,19 @@ class MaskingCheck:
 
 
 def black_box_beats_white_box(cascade: CascadeResult) -> MaskingCheck:
-    """A score- or label-based attack fools a sizeable share of the points every gradient-based member left
-    robust (AutoAttack's warning sign). A few such points are normal when the white-box members are few;
-    with masked gradients the black-box attack fools most of them."""
+    """A score- or label-based attack fools a sizeable share (>= 10 %) of the points every gradient-based
+    member left robust (AutoAttack's warning sign), and enough of them to be evidence: at least 5 points and
+    1 % of those attacked. A few such points are normal when the white-box members are few; with masked
+    gradients the black-box attack fools most of them."""
     white = [k for k, a in enumerate(cascade.attacks) if ATTACKS[a].needs is Access.WHITE_BOX]
     black = [k for k, a in enumerate(cascade.attacks) if ATTACKS[a].needs is not Access.WHITE_BOX]
+    enough = max(5, -(-int(cascade.clean_correct.sum()) // 100))
     worst = (0.0, 0, 0, 0.0)  # share, fooled, left by white box, eps
     if white and black:
         for outcome in cascade.outcomes:
             extra = sum(outcome.broken_per_attack[cascade.attacks[k]] for k in black if k > max(white))
             left = outcome.robust_count + extra
-            if extra >= 2 and extra / left > worst[0]:
+            if extra >= enough and extra / left > worst[0]:
                 worst = (extra / left, extra, left, outcome.eps)
     share, extra, left, eps = worst
     return MaskingCheck(
@@ -51,7 +53,7 @@ def black_box_beats_white_box(cascade: CascadeResult) -> MaskingCheck:
         0.1,
         f"at eps={eps:g}, black-box attacks fooled {extra} of the {left} point(s) every gradient-based attack left robust"
         if extra
-        else "no point (or a single one) fooled by a black-box attack resisted the gradient-based ones",
+        else f"black-box attacks fooled fewer than {enough} of the points the gradient-based ones left robust",
     )
 
 
