@@ -43,3 +43,20 @@ def test_cascade_is_the_per_sample_worst_case(digits, digits_target):
             )
         previous = outcome
     assert cascade.outcomes[0].robust_count > cascade.outcomes[1].robust_count
+
+
+def test_minimal_perturbation_never_loses_the_cascades_evidence(digits, digits_target):
+    from aisec.assess.probes.evasion import _minimal
+
+    x, y = digits.test.x[:150], digits.test.y[:150]
+    gen = torch.Generator().manual_seed(0)
+    cascade = run_cascade(
+        digits_target, x, y, (0.05, 0.1, 0.2), "linf", ("apgd-ce", "apgd-t"), query_budget=100, generator=gen
+    )
+    minimal = _minimal(digits_target, x, y, cascade, 100, gen)
+    for outcome in cascade.outcomes:
+        fooled = ~outcome.robust
+        assert (minimal.norm[fooled] <= outcome.eps + 1e-6).all(), outcome.eps
+    with torch.no_grad():
+        wrong = digits_target.module(minimal.x_adv).argmax(1) != y
+    assert wrong[torch.isfinite(minimal.norm)].all()

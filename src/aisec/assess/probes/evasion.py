@@ -136,19 +136,19 @@ def _minimal(
     query_budget: int,
     generator: torch.Generator,
 ) -> MinimalPerturbation:
-    """Minimal perturbation, with the bisection bracketed by the cascade's verdicts at each budget."""
-    inf = torch.full((len(x),), float("inf"), device=x.device)
-    fooled_at, robust_at = inf.clone(), torch.zeros(len(x), device=x.device)
-    for outcome in reversed(cascade.outcomes):
-        fooled_at = torch.where(~outcome.robust, torch.full_like(inf, outcome.eps), fooled_at)
+    """Minimal perturbation, starting from the cascade's adversarial examples and bracketed below by the
+    largest budget at which each point stayed robust."""
+    robust_at = torch.zeros(len(x), device=x.device)
     for outcome in cascade.outcomes:
-        robust_at = torch.where(outcome.robust, torch.full_like(inf, outcome.eps), robust_at)
+        robust_at = torch.where(outcome.robust, torch.full_like(robust_at, outcome.eps), robust_at)
+    last = cascade.outcomes[-1]
     return minimal_perturbation(
         target,
         x,
         y,
         cascade.norm,
-        fooled_at=fooled_at,
+        known_adv=last.x_adv,
+        known_fooled=~last.robust & cascade.clean_correct,
         robust_at=robust_at,
         query_budget=query_budget,
         generator=generator,

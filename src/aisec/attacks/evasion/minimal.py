@@ -42,7 +42,8 @@ def minimal_perturbation(
     y: torch.Tensor,
     norm: Norm,
     *,
-    fooled_at: torch.Tensor | None = None,
+    known_adv: torch.Tensor | None = None,
+    known_fooled: torch.Tensor | None = None,
     robust_at: torch.Tensor | None = None,
     bisections: int = 8,
     steps: int = 20,
@@ -51,8 +52,9 @@ def minimal_perturbation(
 ) -> MinimalPerturbation:
     """Smallest fooling budget per sample.
 
-    fooled_at / robust_at (optional, per sample): budgets already known to fool / not to fool the model,
-    e.g. from the cascade; they narrow the bisection. Unknown upper bounds start at the full input range.
+    known_adv[i], where known_fooled[i]: an adversarial example already found (e.g. by the cascade); its
+    size is the starting upper bound, which the search only ever lowers. robust_at[i]: a budget known not to
+    fool (the lower bound). Points with nothing known are first attacked with the whole input range.
     """
     access = Access.WHITE_BOX if isinstance(target, WhiteBoxTarget) else Access.LABELS
     b = prepare(target, x, y, None, access, "minimal perturbation")
@@ -64,25 +66,31 @@ def minimal_perturbation(
         found = torch.where(r.success, r.norm, torch.full_like(r.norm, float("inf")))
         return MinimalPerturbation(found, r.x_adv, r.queries, norm, max_budget)
 
-    n = len(b.x)
-    hi = (
-        torch.full((n,), max_budget, device=b.x.device)
-        if fooled_at is None
-        else fooled_at.to(b.x.device).clone()
-    )
-    hi = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, max_budget))
-    lo = torch.zeros(n, device=b.x.device) if robust_at is None else robust_at.to(b.x.device).clone()
+    n, device = len(b.x), b.x.device
     config = PGDConfig(eps=max_budget, steps=steps, norm=norm, restarts=1)
-    queries = torch.zeros(n, dtype=torch.int64, device=b.x.device)
+    lo = torch.zeros(n, device=device) if robust_at is None else robust_at.to(device).clone()
+    ok = (
+        torch.zeros(n, dtype=torch.bool, device=device)
+        if known_fooled is None
+        else known_fooled.to(device).clone()
+    )
+    best = b.x.clone() if known_adv is None else torch.where(rows(ok, b.x), known_adv.to(device), b.x)
+    found = torch.where(ok, batch_norm(best - b.x, norm), torch.full((n,), float("inf"), device=device))
+    queries = torch.ones(n, dtype=torch.int64, device=device)
     with torch.no_grad():
         clean_wrong = target.labels(b.x) != b.y
-    queries += 1
 
-    # Confirm the upper bounds: a point not fooled at its upper bound gets an infinite minimal budget.
-    best, ok, used = pgd_per_sample(target, b, hi, config, generator)
-    queries += used
-    found = torch.where(ok, batch_norm(best - b.x, norm), torch.full_like(hi, float("inf")))
-    hi = torch.where(ok, torch.minimum(hi, found), hi)
+    todo = (~ok & ~clean_wrong).nonzero().squeeze(1)
+    if len(todo):
+        sub = prepare(target, b.x[todo], b.y[todo], None, Access.WHITE_BOX, "minimal perturbation")
+        x_far, ok_far, used = pgd_per_sample(
+            target, sub, torch.full((len(todo),), max_budget, device=device), config, generator
+        )
+        queries[todo] += used
+        best[todo] = torch.where(rows(ok_far, x_far), x_far, best[todo])
+        ok[todo] = ok_far
+        found[todo] = torch.where(ok_far, batch_norm(x_far - sub.x, norm), found[todo])
+    hi = torch.where(ok, found, torch.full_like(found, max_budget))
     for _ in range(bisections):
         todo = (ok & (hi - lo > 1e-4 * max_budget)).nonzero().squeeze(1)
         if len(todo) == 0:
