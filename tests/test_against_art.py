@@ -83,7 +83,7 @@ def test_cascade_at_least_as_strong_as_art_apgd(digits, digits_model, digits_tar
 def test_cascade_at_least_as_strong_as_art_autoattack(digits, digits_model, digits_target, art_classifier):
     from art.attacks.evasion import AutoAttack
 
-    x, y = digits.test.x[:200], digits.test.y[:200]
+    x, y = digits.test.x[:100], digits.test.y[:100]
     cascade = run_cascade(
         digits_target,
         x,
@@ -96,7 +96,7 @@ def test_cascade_at_least_as_strong_as_art_autoattack(digits, digits_model, digi
     )
     for outcome in cascade.outcomes:
         attack = AutoAttack(
-            art_classifier, norm=np.inf, eps=outcome.eps, eps_step=2.5 * outcome.eps / 100, batch_size=200
+            art_classifier, norm=np.inf, eps=outcome.eps, eps_step=2.5 * outcome.eps / 100, batch_size=100
         )
         theirs = art_robust_count(digits_model, attack, x, y)
         assert outcome.robust_count <= theirs, (outcome.eps, outcome.robust_count, theirs)
