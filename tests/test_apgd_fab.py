@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linprog, minimize
-from torch import nn
 
 from aisec.attacks.evasion.apgd import APGDConfig, apgd, apgd_targeted, checkpoints
 from aisec.attacks.evasion.fab import FABConfig, fab, fab_targeted, project_on_hyperplane
@@ -21,6 +20,7 @@ from aisec.attacks.evasion.norms import Norm
 from aisec.attacks.evasion.pgd import PGDConfig, pgd
 from aisec.attacks.evasion.result import EvasionResult
 from aisec.data.builtin import load_builtin
+from aisec.demo.models import digits_cnn, train_classifier
 from aisec.errors import CapabilityError, DataError
 from aisec.targets.base import InputSpec, Target
 from aisec.targets.torch_target import TorchTarget
@@ -35,28 +35,7 @@ Digits = tuple[TorchTarget, torch.Tensor, torch.Tensor]
 @pytest.fixture(scope="module")
 def digits() -> Digits:
     split = load_builtin("digits", seed=0)
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(32 * 16, 64),
-        nn.ReLU(),
-        nn.Linear(64, 10),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    order = torch.Generator().manual_seed(0)
-    x, y = split.train.x, split.train.y
-    for _ in range(30):
-        perm = torch.randperm(len(x), generator=order)
-        for i in range(0, len(x), 64):
-            batch = perm[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
+    model = train_classifier(digits_cnn(), split.train, seed=0)
     target = TorchTarget(model, InputSpec((1, 8, 8), 10))
     x_test, y_test = split.test.x[:N], split.test.y[:N]
     with torch.no_grad():
