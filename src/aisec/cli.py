@@ -5,17 +5,16 @@ Exit codes: 0 policy held, 1 a finding breaks the policy, 2 bad input, 3 interna
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from aisec import __version__
-from aisec.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_POLICY_FAILED, AisecError
+from aisec import __version__, cli_supply_chain
+from aisec.cli_support import console, guarded
+from aisec.errors import EXIT_OK, EXIT_POLICY_FAILED
 from aisec.report import FILE_NAMES
 
 if TYPE_CHECKING:
@@ -24,12 +23,11 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="aisec",
-    help="Red-team your AI system and verify its controls: evasion assessments with reports for security and data science.",
+    help="Red-team your AI system and verify its controls: evasion assessments, model-file scanning and signing, with reports for security and data science.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 FORMATS = tuple(FILE_NAMES)
 
 
@@ -97,28 +95,6 @@ def _summarise(assessment: Assessment, paths: dict[str, Path]) -> None:
         console.print(f"  {kind:6} {path}")
 
 
-def _guarded(run: Callable[[], int]) -> None:
-    """Run a command; turn aisec's errors into one line and their exit code, never a traceback."""
-    try:
-        code = run()
-    except AisecError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: nothing was written")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except typer.Exit:
-        raise
-    except Exception as e:  # a bug in aisec: say so plainly, exit 3
-        console.print(
-            f"[red]internal error[/red] ({type(e).__name__}: {e}); please report it. Nothing was written."
-        )
-        if "--debug" in sys.argv:
-            raise
-        raise typer.Exit(EXIT_INTERNAL) from None
-    raise typer.Exit(code)
-
-
 @app.command()
 def assess(
     plan: Annotated[Path, typer.Argument(help="The assessment plan (YAML); see docs/plan.md.")],
@@ -143,7 +119,7 @@ def assess(
         _summarise(assessment, paths)
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 
-    _guarded(run)
+    guarded(run)
 
 
 @app.command()
@@ -169,7 +145,10 @@ def demo(
         console.print(f"plan used: {plan_path}\nopen {paths['html']}")
         return EXIT_OK
 
-    _guarded(run)
+    guarded(run)
+
+
+cli_supply_chain.register(app)
 
 
 def main() -> None:

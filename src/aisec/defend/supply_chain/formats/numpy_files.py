@@ -1,0 +1,93 @@
+"""NumPy `.npy` files (and, through the zip scanner, the `.npy` members of `.npz`).
+
+The header is a Python literal dict, read with `ast.literal_eval` as numpy itself reads it (never `eval`).
+A numeric array's size must match the bytes that follow; an object array's data is a pickle (written by
+`np.save` with allow_pickle), which is scanned like any other pickle. Format: numpy/lib/format.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+import struct
+
+from aisec.defend.supply_chain.context import ScanContext, Unparseable
+from aisec.defend.supply_chain.formats.pickle_scan import scan_pickle
+
+MAGIC = b"\x93NUMPY"
+_DESCR_SIZE = re.compile(r"^[<>|=]?[a-zA-Z?](\d*)")
+_KIND_SIZE = {"b": 1, "?": 1, "B": 1, "h": 2, "H": 2, "e": 2, "i": 4, "I": 4, "f": 4, "l": 8, "L": 8, "q": 8,
+              "Q": 8, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32}  # fmt: skip
+
+
+def scan_npy(data: memoryview, ctx: ScanContext) -> None:
+    """Header checks; the pickle of an object array; the data size of a numeric one."""
+    if len(data) < 10:
+        raise Unparseable("npy file shorter than its preamble")
+    major = data[6]
+    if major == 1:
+        (header_len,), start = struct.unpack_from("<H", data, 8), 10
+    elif major in (2, 3):
+        if len(data) < 12:
+            raise Unparseable("npy file shorter than its preamble")
+        (header_len,), start = struct.unpack_from("<I", data, 8), 12
+    else:
+        raise Unparseable(f"npy format version {major} is not known")
+    if header_len > ctx.limits.max_header_bytes or start + header_len > len(data):
+        raise Unparseable(f"npy header length {header_len} exceeds the file or the limit")
+    try:
+        text = str(data[start : start + header_len], "utf-8" if major == 3 else "latin-1")
+        header = ast.literal_eval(text)
+    except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as error:
+        raise Unparseable(f"npy header is not a Python literal: {error}", start) from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise Unparseable("npy header must be a dict with exactly descr, fortran_order and shape", start)
+    shape = header["shape"]
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise Unparseable(f"npy shape {shape!r} is not a tuple of non-negative ints", start)
+    body = start + header_len
+    if _has_object(header["descr"]):
+        ctx.add("AISEC-SC-301", f"object array of shape {shape}; its pickle was scanned", body)
+        scan_pickle(data[body:], ctx.child("pickle", ctx.name))
+        return
+    itemsize = _itemsize(header["descr"])
+    if itemsize is None:
+        raise Unparseable(f"npy dtype {header['descr']!r} cannot be sized", start)
+    expected = math.prod(shape) * itemsize
+    if len(data) - body < expected:
+        raise Unparseable(f"npy data truncated: {len(data) - body} of {expected} bytes", body)
+    if len(data) - body > expected:
+        ctx.add("AISEC-SC-006", f"{len(data) - body - expected} bytes follow the array data", body + expected)
+
+
+def _has_object(descr: object) -> bool:
+    if isinstance(descr, str):
+        return descr.lstrip("<>|=").startswith("O")
+    if isinstance(descr, list):  # structured: [(name, descr[, shape]), ...]
+        return any(isinstance(f, tuple) and len(f) >= 2 and _has_object(f[1]) for f in descr)
+    return True  # anything else cannot be checked: treat as code-bearing
+
+
+def _itemsize(descr: object) -> int | None:
+    if isinstance(descr, str):
+        match = _DESCR_SIZE.match(descr)
+        if match is None:
+            return None
+        kind = descr.lstrip("<>|=")[0]
+        if match.group(1):
+            size = int(match.group(1))
+            return size * 4 if kind == "U" else size
+        return _KIND_SIZE.get(kind)
+    if isinstance(descr, list):
+        total = 0
+        for field in descr:
+            if not (isinstance(field, tuple) and len(field) >= 2):
+                return None
+            size = _itemsize(field[1])
+            if size is None:
+                return None
+            count = math.prod(field[2]) if len(field) > 2 and isinstance(field[2], tuple) else 1
+            total += size * count
+        return total
+    return None

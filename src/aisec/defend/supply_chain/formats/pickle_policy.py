@@ -1,0 +1,190 @@
+"""Which globals a pickle may import: an allow list decides, a deny list grades what it refuses.
+
+A global is *allowed* when reconstructing it cannot run code of the file's choosing: the tensor and
+storage rebuilders of PyTorch, numpy's array and dtype reconstructors, plain containers, datetime, and the
+estimator classes of scikit-learn (their constructors and `__setstate__` only store attributes). Every
+other global is a finding. It is *dangerous* (critical) when it is, or reaches by attribute walk, a
+callable that runs code, spawns processes, opens files or sockets, imports modules or deserialises a
+nested payload: the modules and names below come from the picklescan and modelscan deny lists, their
+published bypasses (GHSA advisories on both projects, 2022-2025) and the gadgets in torch and numpy.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from aisec.defend.supply_chain.formats.pickle_vm import Global
+
+
+class Risk(str, enum.Enum):
+    ALLOWED = "allowed"
+    UNKNOWN = "unknown"
+    DANGEROUS = "dangerous"
+
+
+_SAFE_BUILTINS = frozenset(
+    "set frozenset dict list tuple int float complex bool str bytes bytearray slice range object "
+    "NotImplemented Ellipsis".split()
+)
+
+ALLOWED: frozenset[str] = frozenset(
+    """
+    collections.OrderedDict collections.defaultdict collections.deque collections.Counter
+    copyreg._reconstructor copyreg.__newobj__ copyreg.__newobj_ex__
+    datetime.datetime datetime.date datetime.time datetime.timedelta datetime.timezone
+    decimal.Decimal fractions.Fraction uuid.UUID _codecs.encode
+    pathlib.Path pathlib.PosixPath pathlib.WindowsPath pathlib.PurePath pathlib.PurePosixPath
+    pathlib.PureWindowsPath pathlib._local.PosixPath pathlib._local.WindowsPath
+    numpy.ndarray numpy.dtype numpy.matrix numpy.core.multiarray._reconstruct numpy._core.multiarray._reconstruct
+    numpy.core.multiarray.scalar numpy._core.multiarray.scalar numpy.core.numeric._frombuffer
+    numpy._core.numeric._frombuffer numpy.ma.core._mareconstruct numpy.ma.core.MaskedArray
+    numpy.random._pickle.__randomstate_ctor numpy.random._pickle.__bit_generator_ctor
+    numpy.random._pickle.__generator_ctor numpy.random.mtrand.RandomState numpy.random._mt19937.MT19937
+    numpy.random._pcg64.PCG64 numpy.random._pcg64.PCG64DXSM numpy.random._philox.Philox
+    numpy.random._sfc64.SFC64 numpy.random._generator.Generator
+    torch._utils._rebuild_tensor torch._utils._rebuild_tensor_v2 torch._utils._rebuild_tensor_v3
+    torch._utils._rebuild_parameter torch._utils._rebuild_parameter_with_state torch._utils._rebuild_qtensor
+    torch._utils._rebuild_sparse_tensor torch._utils._rebuild_nested_tensor
+    torch._utils._rebuild_device_tensor_from_numpy torch._utils._rebuild_meta_tensor_no_storage
+    torch._utils._rebuild_wrapper_subclass torch._utils._rebuild_device_tensor_from_cpu_tensor
+    torch._tensor._rebuild_from_type torch._tensor._rebuild_from_type_v2 torch.serialization._get_layout
+    torch.Size torch.device torch.Tensor torch.nn.parameter.Parameter torch.nn.parameter.Buffer
+    torch.nn.parameter.UninitializedParameter torch.nn.parameter.UninitializedBuffer
+    torch.storage.UntypedStorage torch.storage.TypedStorage torch.storage._TypedStorage
+    torch.strided torch.sparse_coo torch.sparse_csr torch._mkldnn torch.contiguous_format
+    torch.channels_last torch.channels_last_3d torch.preserve_format torch.per_tensor_affine
+    torch.per_channel_affine torch.per_tensor_symmetric torch.per_channel_symmetric
+    joblib.numpy_pickle.NumpyArrayWrapper joblib.numpy_pickle_compat.NDArrayWrapper
+    joblib.numpy_pickle_compat.ZNDArrayWrapper
+    """.split()
+)
+
+_TORCH_DTYPES = frozenset(
+    "float float32 float64 double float16 half bfloat16 complex32 complex64 complex128 cfloat cdouble "
+    "uint8 uint16 uint32 uint64 int8 int16 int32 int64 short int long bool qint8 quint8 qint32 quint4x2 "
+    "quint2x4 float8_e4m3fn float8_e5m2 float8_e4m3fnuz float8_e5m2fnuz float8_e8m0fnu".split()
+)
+_STORAGE = re.compile(
+    r"^(Byte|Char|Short|Int|Long|Half|Float|Double|ComplexFloat|ComplexDouble|Bool|BFloat16|"
+    r"QUInt8|QInt8|QInt32|QUInt4x2|QUInt2x4|Untyped)Storage$"
+)
+_NUMPY_SCALARS = frozenset(
+    "bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 longdouble complex64 "
+    "complex128 clongdouble str_ bytes_ void datetime64 timedelta64 intc uintc intp uintp".split()
+)
+_CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
+# Packages whose classes are rebuilt from state only; the listed sub-packages hold helpers that are not.
+_CLASS_PACKAGES = {
+    "sklearn": ("sklearn.utils._testing", "sklearn.externals", "sklearn.datasets", "sklearn.tests"),
+    "scipy.sparse": ("scipy.sparse.linalg",),
+    "torch.nn.modules": (),
+}
+
+# Dangerous: a global whose (normalised) path starts with one of these, at the module or at any attribute
+# reached by a dotted name. Normalising strips leading underscores per component (`_os` is `os`,
+# `_operator` is `operator`, `_pickle` is `pickle`, `_posixsubprocess` is `posixsubprocess`).
+DANGEROUS_PREFIXES: tuple[str, ...] = tuple(
+    """
+    os posix nt subprocess posixsubprocess winapi pty shutil sys runpy importlib imp zipimport pkgutil
+    marshal types code codeop pickle cpickle dill cloudpickle shelve copyreg.add_extension pip pydoc webbrowser
+    socket socketserver ssl select selectors ctypes cffi multiprocessing asyncio concurrent threading thread
+    signal platform commands popen2 timeit cprofile profile pdb bdb trace idlelib lib2to3 distutils setuptools
+    ensurepip venv http urllib urllib2 urllib3 httplib ftplib smtplib telnetlib poplib imaplib nntplib xmlrpc
+    requests httpx aiohttp paramiko tempfile glob io fileinput linecache tarfile zipfile sqlite3 dbm operator
+    functools gc inspect compileall py_compile sysconfig site atexit sched tkinter turtle antigravity this
+    doctest unittest test ast builtins.eval yaml jsonpickle pandas.read_pickle pandas.io joblib.load
+    joblib.numpy_pickle.load joblib._memmapping_reducer joblib.parallel numpy.load numpy.loads numpy.testing
+    numpy.f2py numpy.distutils numpy.ctypeslib numpy.lib.npyio numpy.lib.format numpy.lib.utils numpy.fromfile
+    numpy.memmap numpy.loadtxt numpy.genfromtxt numpy.save numpy.savez numpy.savetxt numpy.tofile numpy.core.memmap
+    numpy._core.memmap numpy.lib._npyio_impl numpy.lib._utils_impl torch.load torch.hub torch.jit
+    torch.utils.cpp_extension torch.utils.bottleneck torch.utils.collect_env torch.utils.data torch._dynamo
+    torch._inductor torch.package torch.serialization torch.storage._load_from_bytes torch.fx torch.ops torch._ops
+    torch.library torch.distributed torch.multiprocessing torch.compile torch._C torch.backends torch.testing
+    torch.utils._config_module torch._export torch.export torch.onnx torch.cuda keras tensorflow tf_keras
+    """.split()
+)
+# Names that run code or spawn processes wherever they are found.
+DANGEROUS_NAMES = frozenset(
+    """
+    system popen popen2 popen3 popen4 spawnl spawnle spawnlp spawnv spawnve spawnvp posix_spawn posix_spawnp
+    execl execle execlp execv execve execvp execvpe fork forkpty exec eval execfile compile __import__
+    import_module load_module load_source check_output check_call getoutput getstatusoutput Popen run_path
+    run_module runstring runcode runsource runctx runcall interact __getattribute__ getattr setattr delattr
+    __reduce__ __reduce_ex__ __setstate__ __globals__ __builtins__ __subclasses__ __code__ loads
+    """.split()
+)
+
+
+def classify(g: Global, torchscript: bool = False) -> Risk:
+    """Allowed, unknown or dangerous (see the module docstring). With `torchscript`, also the names that
+    torch's C++ unpickler resolves inside a TorchScript archive without importing anything: the archive's
+    compiled classes (`__torch__.*`) and `torch.jit._pickle` builders (torch/csrc/jit/serialization/unpickler.cpp)."""
+    module, name = g.module, g.name
+    if module in ("__builtin__", "__builtins__"):
+        module = "builtins"
+    if _allowed(module, name):
+        return Risk.ALLOWED
+    if torchscript and (
+        module == "__torch__" or module.startswith("__torch__.") or module == "torch.jit._pickle"
+    ):
+        return Risk.ALLOWED
+    if module == "builtins":
+        return Risk.DANGEROUS  # every builtin outside the plain types: eval, getattr, open, __import__, ...
+    parts = name.split(".")
+    if any(_normalise(p) in DANGEROUS_NAMES or p in DANGEROUS_NAMES for p in parts):
+        return Risk.DANGEROUS
+    candidates = [f"{module}.{name}"] + [".".join(parts[i:]) for i in range(1, len(parts))]
+    if any(_dangerous_path(c) for c in candidates):
+        return Risk.DANGEROUS
+    return Risk.UNKNOWN
+
+
+def _allowed(module: str, name: str) -> bool:
+    if "." in name or (
+        name.startswith("__")
+        and name
+        not in (
+            "__randomstate_ctor",
+            "__bit_generator_ctor",
+            "__generator_ctor",
+            "__newobj__",
+            "__newobj_ex__",
+        )
+    ):
+        return False
+    path = f"{module}.{name}"
+    if path in ALLOWED:
+        return True
+    if module == "builtins":
+        return name in _SAFE_BUILTINS
+    if module == "torch":
+        return name in _TORCH_DTYPES or bool(_STORAGE.match(name))
+    if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray") and name in _NUMPY_SCALARS:
+        return True
+    if module.startswith(("numpy.dtypes", "numpy._core._dtype", "numpy.core._dtype")) and name.endswith(
+        "DType"
+    ):
+        return True
+    for package, excluded in _CLASS_PACKAGES.items():
+        if (module == package or module.startswith(package + ".")) and not module.startswith(excluded):
+            return bool(_CLASS_NAME.match(name))
+    return False
+
+
+def _normalise(component: str) -> str:
+    return component.lstrip("_").lower()
+
+
+def _dangerous_path(path: str) -> bool:
+    normal = ".".join(_normalise(p) for p in path.split("."))
+    return any(normal == p or normal.startswith(p + ".") for p in DANGEROUS_PREFIXES)
+
+
+NESTED_LOADERS = frozenset(
+    """
+    pickle.loads pickle.load pickle._loads pickle._load _pickle.loads _pickle.load dill.loads dill.load
+    dill._dill.loads cloudpickle.loads numpy.load numpy.loads torch.load torch.serialization.load
+    torch.storage._load_from_bytes joblib.load joblib.numpy_pickle.load pandas.read_pickle marshal.loads
+    """.split()
+)

@@ -1,0 +1,196 @@
+"""`aisec scan`: static analysis of model files, by format, recursing into containers.
+
+A file is memory-mapped (tensor payloads are never read, except by the hash), its format recognised by
+its bytes, and the format's scanner run under the scan's limits. Whatever goes wrong inside a scanner
+(a parse error, a limit, a bug) becomes a finding that keeps the file from being reported safe. The
+sha256 is computed on a second thread (hashlib releases the GIL), overlapping the analysis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from aisec.defend.supply_chain.context import Budget, LimitExceeded, ScanContext, Unparseable
+from aisec.defend.supply_chain.detect import extension_mismatch, sniff
+from aisec.defend.supply_chain.formats import (
+    archives,
+    gguf,
+    keras,
+    numpy_files,
+    onnx,
+    pickle_scan,
+    safetensors,
+)
+from aisec.defend.supply_chain.limits import MIB, ScanLimits
+from aisec.defend.supply_chain.result import FileScan, ScanFinding, ScanReport
+from aisec.errors import BadInputError
+
+FormatScanner = Callable[[memoryview, ScanContext], "str | None"]
+
+
+def _unsupported(what: str) -> FormatScanner:
+    def scan(data: memoryview, ctx: ScanContext) -> None:
+        ctx.add("AISEC-SC-002", f"{what}: not scanned")
+
+    return scan
+
+
+def _nothing(data: memoryview, ctx: ScanContext) -> None:
+    """Formats no model loader executes anything from (plain text, images, empty files)."""
+
+
+SCANNERS: dict[str, FormatScanner] = {
+    "pickle": pickle_scan.scan_pickle,
+    "zip": archives.scan_zip,
+    "tar": archives.scan_tar,
+    "compressed": archives.scan_compressed,
+    "numpy": numpy_files.scan_npy,
+    "safetensors": safetensors.scan_safetensors,
+    "gguf": gguf.scan_gguf,
+    "onnx": onnx.scan_onnx,
+    "json": keras.scan_json,
+    "hdf5": keras.scan_hdf5,
+    "7z": _unsupported("7z archives are not supported"),
+    "unknown": _unsupported("the bytes match no known model, archive or text format"),
+    "text": _nothing,
+    "image": _nothing,
+    "empty": _nothing,
+}
+
+
+def dispatch(data: memoryview, ctx: ScanContext, base_dir: Path | None = None) -> str:
+    """Sniff `data`, run its format's scanner and check the name's extension; returns the format."""
+    fmt = sniff(data)
+    try:
+        if fmt == "onnx":
+            refined = onnx.scan_onnx(data, ctx, base_dir=base_dir)
+        else:
+            refined = SCANNERS[fmt](data, ctx)
+        fmt = refined or fmt
+    except Unparseable as error:
+        ctx.add("AISEC-SC-001", f"{fmt}: {error}", error.offset)
+    except LimitExceeded as error:
+        ctx.add("AISEC-SC-003", str(error))
+    except RecursionError:
+        ctx.add("AISEC-SC-003", f"{fmt}: nested too deeply to analyse")
+    except MemoryError:
+        ctx.add("AISEC-SC-003", f"{fmt}: ran out of memory while analysing")
+    except Exception as error:  # noqa: BLE001 - a scanner bug must never read as "safe"
+        ctx.add("AISEC-SC-001", f"{fmt}: could not be analysed ({type(error).__name__}: {error})")
+    mismatch = extension_mismatch(ctx.name, fmt) if ctx.name else None
+    if mismatch:
+        ctx.add(mismatch, f"named {Path(ctx.name).name!r} but its bytes are {fmt}")
+    return fmt
+
+
+def scan_bytes(
+    data: bytes | memoryview, name: str = "", limits: ScanLimits | None = None
+) -> tuple[str, list[ScanFinding]]:
+    """Scan an in-memory file; returns (format, findings). `name` is used for extension checks."""
+    findings: list[ScanFinding] = []
+    ctx = ScanContext(
+        location=name or "<bytes>",
+        budget=Budget(limits or ScanLimits()),
+        findings=findings,
+        dispatch=dispatch,
+        name=name,
+    )
+    fmt = dispatch(memoryview(data), ctx)
+    return fmt, findings
+
+
+def scan_file(
+    path: str | os.PathLike[str], limits: ScanLimits | None = None, display: str | None = None
+) -> FileScan:
+    """Scan one file on disk; raises BadInputError if it cannot be opened."""
+    path = Path(path)
+    started = time.perf_counter()
+    label = display or str(path)
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                return FileScan(
+                    label, "empty", 0, hashlib.sha256().hexdigest(), (), time.perf_counter() - started
+                )
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                fmt, findings, digest = _scan_mapped(mapped, path, label, limits or ScanLimits())
+    except OSError as error:
+        raise BadInputError(f"cannot read {path}: {error.strerror or error}") from None
+    return FileScan(label, fmt, size, digest, tuple(findings), time.perf_counter() - started)
+
+
+def _scan_mapped(
+    mapped: mmap.mmap, path: Path, label: str, limits: ScanLimits
+) -> tuple[str, list[ScanFinding], str]:
+    digest: dict[str, str] = {}
+    hasher = threading.Thread(target=lambda: digest.setdefault("sha256", _sha256(mapped)), daemon=True)
+    hasher.start()
+    findings: list[ScanFinding] = []
+    view = memoryview(mapped)
+    try:
+        ctx = ScanContext(
+            location=label, budget=Budget(limits), findings=findings, dispatch=dispatch, name=path.name
+        )
+        fmt = dispatch(view, ctx, base_dir=path.parent)
+    finally:
+        hasher.join()
+        view.release()
+    return fmt, findings, digest["sha256"]
+
+
+def _sha256(mapped: mmap.mmap) -> str:
+    hasher = hashlib.sha256()
+    view = memoryview(mapped)
+    try:
+        for start in range(0, len(view), 64 * MIB):
+            hasher.update(view[start : start + 64 * MIB])
+    finally:
+        view.release()
+    return hasher.hexdigest()
+
+
+def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, str]]:
+    """Every regular file under the given files and folders (sorted, folders not followed through
+    symbolic links), with the label it is reported under."""
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            raise BadInputError(f"no such file or folder: {root}")
+        if root.is_file():
+            yield root, str(root)
+            continue
+        for folder, dirs, files in os.walk(root, followlinks=False):
+            dirs.sort()
+            for name in sorted(files):
+                full = Path(folder) / name
+                if full.is_file():
+                    yield full, str(full)
+
+
+def scan_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    limits: ScanLimits | None = None,
+    on_file: Callable[[FileScan], Any] | None = None,
+) -> ScanReport:
+    """Scan every file under `paths`; `on_file` is called after each (progress display)."""
+    from aisec import __version__
+
+    limits = limits or ScanLimits()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    files = []
+    for path, label in iter_files(paths):
+        result = scan_file(path, limits, display=label)
+        files.append(result)
+        if on_file is not None:
+            on_file(result)
+    return ScanReport(tuple(files), __version__, started_at, time.perf_counter() - started, limits.as_dict())

@@ -1,0 +1,135 @@
+"""`aisec scan/keygen/sign/verify/bom` end to end, the scan's JSON and SARIF output, and `aisec.load_model`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from aisec.cli import app
+from aisec.defend.supply_chain.loading import load_model
+from aisec.errors import ModelLoadError
+
+SCHEMA = Path(__file__).parents[2] / "src/aisec/report/schema/scan.schema.json"
+runner = CliRunner()
+
+
+class _System:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "weights.pkl").write_bytes(pickle.dumps({"w": np.arange(4.0)}, protocol=4))
+    np.save(folder / "bias.npy", np.zeros(3))
+    (folder / "README.md").write_text("# a model\n")
+    return folder
+
+
+def test_clean_folder_exits_0_and_json_validates(model_dir: Path, tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["scan", str(model_dir), "--format", "json", "--sarif", str(tmp_path / "s.sarif")]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    assert report["verdict"] == "safe" and report["summary"]["safe"] == 3
+    sarif = json.loads((tmp_path / "s.sarif").read_text())
+    assert sarif["version"] == "2.1.0" and sarif["runs"][0]["results"] == []
+
+
+def test_malicious_file_exits_1_with_located_findings(model_dir: Path, tmp_path: Path) -> None:
+    (model_dir / "evil.pt").write_bytes(pickle.dumps(_System(), protocol=2))
+    result = runner.invoke(app, ["scan", str(model_dir), "--json", str(tmp_path / "r.json"), "-f", "sarif"])
+    assert result.exit_code == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA.read_text()))
+    evil = next(f for f in report["files"] if f["path"].endswith("evil.pt"))
+    assert evil["verdict"] == "unsafe" and evil["findings"][0]["severity"] == "critical"
+    sarif = json.loads(result.stdout)
+    (finding,) = sarif["runs"][0]["results"]
+    assert finding["level"] == "error" and finding["ruleId"] == "AISEC-SC-201"
+    assert sarif["runs"][0]["tool"]["driver"]["rules"][finding["ruleIndex"]]["id"] == "AISEC-SC-201"
+
+
+def test_fail_on_threshold(tmp_path: Path) -> None:
+    path = tmp_path / "odd.pkl"
+    path.write_bytes(pickle.dumps(Path, protocol=4) + b"tail")  # trailing data: a medium finding
+    assert runner.invoke(app, ["scan", str(path)]).exit_code == 1
+    assert runner.invoke(app, ["scan", str(path), "--fail-on", "high"]).exit_code == 0
+    assert runner.invoke(app, ["scan", str(path), "--fail-on", "medium"]).exit_code == 1
+
+
+def test_usage_and_io_errors_exit_2(tmp_path: Path) -> None:
+    assert runner.invoke(app, ["scan", str(tmp_path / "missing.pt")]).exit_code == 2
+    assert runner.invoke(app, ["scan", str(tmp_path), "--fail-on", "severe"]).exit_code == 2
+    assert runner.invoke(app, ["scan", str(tmp_path), "--format", "xml"]).exit_code == 2
+
+
+def test_sign_verify_and_bom(model_dir: Path, tmp_path: Path) -> None:
+    key, pub = tmp_path / "key.pem", tmp_path / "key.pub"
+    assert runner.invoke(app, ["keygen", str(key), str(pub)]).exit_code == 0
+    assert runner.invoke(app, ["keygen", str(key), str(pub)]).exit_code == 2  # never overwrites a key
+    assert runner.invoke(app, ["sign", str(model_dir), "--key", str(key)]).exit_code == 0
+    assert runner.invoke(app, ["verify", str(model_dir), "--key", str(pub)]).exit_code == 0
+    (model_dir / "README.md").write_text("# changed\n")
+    (model_dir / "extra.bin").write_bytes(b"\0")
+    result = runner.invoke(app, ["verify", str(model_dir), "--key", str(pub)])
+    assert result.exit_code == 1
+    assert "README.md" in result.output and "extra.bin" in result.output
+    bom_path = tmp_path / "bom.json"
+    digest = "ab" * 32
+    result = runner.invoke(app, ["bom", str(model_dir), "-o", str(bom_path), "--dataset", f"digits={digest}"])
+    assert result.exit_code == 0, result.output
+    bom = json.loads(bom_path.read_text())
+    assert bom["specVersion"] == "1.6"
+    assert any(c.get("type") == "data" and c["name"] == "digits" for c in bom["components"])
+    assert runner.invoke(app, ["bom", str(model_dir), "--dataset", "digits=xyz"]).exit_code == 2
+
+
+def test_load_model_refuses_what_the_scan_flags(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps(_System(), protocol=4))
+    with pytest.raises(ModelLoadError, match="AISEC-SC-201"):
+        load_model(evil)
+
+
+def test_load_model_loads_safe_formats_safely(tmp_path: Path) -> None:
+    import joblib
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = np.random.default_rng(0).normal(size=(40, 3)), np.arange(40) % 2
+    model = LogisticRegression().fit(x, y)
+    joblib.dump(model, tmp_path / "m.joblib", compress="zlib")
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "w.pt")
+    np.savez(tmp_path / "a.npz", x=np.arange(2))
+    for name in ("m.joblib", "m.pkl"):
+        assert np.array_equal(load_model(tmp_path / name).predict(x), model.predict(x))
+    assert torch.equal(load_model(tmp_path / "w.pt")["w"], torch.arange(3.0))
+    assert load_model(tmp_path / "a.npz")["x"].tolist() == [0, 1]
+
+
+def test_scanning_imports_no_torch(tmp_path: Path) -> None:
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps({"w": np.arange(3)}))
+    code = (
+        "import sys; from aisec.cli import app; from typer.testing import CliRunner; "
+        f"r = CliRunner().invoke(app, ['scan', {str(path)!r}, '-q']); "
+        "assert r.exit_code == 0, r.output; "
+        "heavy = [m for m in ('torch', 'sklearn', 'onnxruntime', 'model_signing') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
