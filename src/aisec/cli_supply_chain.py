@@ -55,6 +55,10 @@ def scan(
         ),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line per file.")] = False,
+    no_hash: Annotated[
+        bool,
+        typer.Option("--no-hash", help="Skip each file's sha256 (faster bulk triage; reported as null)."),
+    ] = False,
 ) -> None:
     """Is this file safe to load? Static analysis of model files, executing nothing from them."""
     if format not in ("text", "json", "sarif"):
@@ -73,7 +77,7 @@ def scan(
                 console.print(f"[{style}]{result.verdict.value:10}[/{style}] {result.path} ({result.format})",
                               highlight=False, soft_wrap=True)  # fmt: skip
 
-        report = scan_paths(paths, on_file=progress)
+        report = scan_paths(paths, on_file=progress, hash_content=not no_hash)
         if json_out is not None:
             write_atomic(json_out, render_scan_json(report))
         if sarif_out is not None:

@@ -64,8 +64,9 @@ def scan_to_sarif(report: ScanReport) -> dict[str, Any]:
     in `logicalLocations`); the driver lists every rule that fired with its help text."""
     fired = sorted({f.rule_id for scan in report.files for f in scan.findings})
     artifacts = [
-        {"location": {"uri": artifact_uri(scan.path)}, "hashes": {"sha-256": scan.sha256}, "length": scan.size,
-         "roles": ["analysisTarget"], "properties": {"format": scan.format, "verdict": scan.verdict.value}}
+        {"location": {"uri": artifact_uri(scan.path)}, "length": scan.size, "roles": ["analysisTarget"],
+         "properties": {"format": scan.format, "verdict": scan.verdict.value},
+         **({"hashes": {"sha-256": scan.sha256}} if scan.sha256 else {})}
         for scan in report.files
     ]  # fmt: skip
     results = []

@@ -56,7 +56,7 @@ class FileScan:
     path: str
     format: str
     size: int
-    sha256: str
+    sha256: str | None  # None when the scan was asked not to hash
     findings: tuple[ScanFinding, ...]
     duration_s: float
 
