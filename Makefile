@@ -35,6 +35,9 @@ $(VENV)/.aisec-bench: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/aisec demo --output $(OUT)
+	# Supply chain: scan the model file the demo wrote, then describe it in a CycloneDX ML-BOM.
+	$(BIN)/aisec scan $(OUT)/model --json $(OUT)/scan.json --sarif $(OUT)/scan.sarif
+	$(BIN)/aisec bom $(OUT)/model --output $(OUT)/bom.cdx.json --framework pytorch --dataset digits
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q

@@ -168,7 +168,9 @@ def startup_part(root: Path, repeats: int) -> None:
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            subprocess.run(command, capture_output=True, check=False)
+            subprocess.run(
+                command, capture_output=True, check=False, cwd=root
+            )  # fickling writes a file into its cwd
             times.append(time.perf_counter() - started)
         print(f"  {tool:12} {statistics.median(times):.3f}")
 
