@@ -14,7 +14,7 @@ PIP := $(BIN)/python -m pip
 CONSTRAINTS := $(VENV)/constraints.txt
 STAMP := $(VENV)/.aisec-installed
 
-.PHONY: demo test test-all bench lint clean
+.PHONY: demo test test-all bench fuzz lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,8 @@ $(VENV)/.aisec-bench: $(STAMP)
 	# torchattacks declares torchvision, which it does not need for its attacks and which has no CPU build here.
 	$(PIP) install --quiet -c $(CONSTRAINTS) --no-deps torchattacks==3.5.1
 	$(PIP) install --quiet -c $(CONSTRAINTS) scipy tqdm requests multiprocess
+	# the scanners bench/scan.py compares against
+	$(PIP) install --quiet -c $(CONSTRAINTS) picklescan modelscan fickling
 	touch $@
 
 demo: $(STAMP)
@@ -47,6 +49,16 @@ test-all: $(STAMP)
 
 bench: $(VENV)/.aisec-bench
 	$(BIN)/python bench/evasion.py
+	$(BIN)/python bench/scan.py
+
+$(VENV)/.aisec-fuzz: $(STAMP)
+	$(PIP) install --quiet -c $(CONSTRAINTS) atheris
+	touch $@
+
+# Coverage-guided fuzzing of the scanner (atheris); FUZZ_SECONDS=300 by default.
+FUZZ_SECONDS ?= 300
+fuzz: $(VENV)/.aisec-fuzz
+	$(BIN)/python bench/fuzz_scan.py out/fuzz-corpus -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -73,7 +73,7 @@ def scan_zip(data: memoryview, ctx: ScanContext) -> str:
     try:
         with zipfile.ZipFile(MemoryFile(data)) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error) as error:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, struct.error, NotImplementedError) as error:
         raise Unparseable(f"zip central directory does not parse: {error}") from None
     ctx.budget.charge_members(len(entries))
     names = [e.filename for e in entries]
@@ -90,7 +90,7 @@ def scan_zip(data: memoryview, ctx: ScanContext) -> str:
             )
         if stat.S_ISLNK(entry.external_attr >> 16):
             ctx.add("AISEC-SC-102", f"member {entry.filename!r} is a symbolic link", entry.header_offset)
-        if entry.is_dir():
+        if entry.filename.endswith("/"):  # (ZipInfo.is_dir fails on an empty name)
             continue
         if is_torch and _TENSOR_MEMBER.match(entry.filename):
             continue  # raw tensor storage: PyTorch reads it as bytes, never parses it

@@ -25,7 +25,9 @@ def scan_npy(data: memoryview, ctx: ScanContext) -> None:
     """Header checks; the pickle of an object array; the data size of a numeric one."""
     if len(data) < 10:
         raise Unparseable("npy file shorter than its preamble")
-    major = data[6]
+    major, minor = data[6], data[7]
+    if minor != 0:
+        raise Unparseable(f"npy format version {major}.{minor} is not known (numpy reads 1.0, 2.0 and 3.0)")
     if major == 1:
         (header_len,), start = struct.unpack_from("<H", data, 8), 10
     elif major in (2, 3):

@@ -141,14 +141,20 @@ def simulate(data: memoryview, start: int, observer: Observer, limits: ScanLimit
     max_stack = limits.max_pickle_stack
     max_memo = limits.max_pickle_memo
 
+    frame_end = -1  # end of the current protocol-4 frame: CPython refuses a read that straddles it
+
     def need(k: int, at: int) -> None:
         if at + k > n:
             raise Unparseable("pickle data was truncated", at)
+        if at < frame_end < at + k:
+            raise Unparseable("pickle exhausted before end of frame", at)
 
     def readline(at: int) -> tuple[bytes, int]:
         end = _find_newline(data, at)
         if end < 0:
             raise Unparseable("pickle data was truncated (no newline)", at)
+        if at < frame_end <= end:
+            raise Unparseable("pickle exhausted before end of frame", at)
         return bytes(data[at:end]), end + 1
 
     def pop_mark(at: int) -> list[Any]:
@@ -222,8 +228,13 @@ def simulate(data: memoryview, start: int, observer: Observer, limits: ScanLimit
             if key not in memo:
                 raise Unparseable(f"memo value not found at key {key}", at)
             stack.append(memo[key])
-        elif op == 0x95:  # FRAME: advisory, the bytes that follow are read in the same order
+        elif op == 0x95:  # FRAME: the bytes that follow are read in the same order, within its bounds
+            if at < frame_end:
+                raise Unparseable("beginning of a new frame before end of current frame", at)
             need(8, pos)
+            frame_end = pos + 8 + _UNPACK_Q(data, pos)[0]
+            if frame_end > n:
+                raise Unparseable("pickle data was truncated (frame longer than the data)", at)
             pos += 8
         elif op == 0x28:  # MARK
             metastack.append(stack)

@@ -1,12 +1,13 @@
 """safetensors files: an 8-byte little-endian header length N, N bytes of UTF-8 JSON, then the data section.
 
-Checked against the format description in huggingface/safetensors (README "Format") and the reference
+Checked against the format description in huggingface/safetensors (README "Format") and its reference
 loader (`safetensors/src/tensor.rs`, `read_metadata` and `Metadata::validate`): the header starts with `{`
-and may be padded with spaces only; keys are unique; `__metadata__` maps strings to strings; every tensor
-has a known dtype, a shape of non-negative ints and `data_offsets` [begin, end) inside the data section
-whose length is the shape's size in bytes; tensors do not overlap (AISEC-SC-401, the loader refuses such
-a file). "The byte buffer needs to be entirely indexed, and cannot contain holes. This prevents the
-creation of polyglot files": bytes no tensor covers are AISEC-SC-402. Only the header is read.
+and is padded with spaces only; keys are unique; `__metadata__` maps strings to strings; every tensor has a
+known dtype (`Dtype`, sub-byte F4/F6 included), a shape of non-negative integers and `data_offsets`
+[begin, end) inside the data section whose length is the shape's size in bytes; tensors do not overlap.
+Violations are AISEC-SC-401 (the loader refuses most of them). "The byte buffer needs to be entirely
+indexed, and cannot contain holes. This prevents the creation of polyglot files": bytes no tensor covers
+are AISEC-SC-402. Only the header is read, never the tensor data.
 """
 
 from __future__ import annotations
@@ -177,5 +178,5 @@ def _check_coverage(spans: list[tuple[int, int, str]], body: int, body_len: int,
     if holes > _MAX_REPORTED:
         ctx.add("AISEC-SC-402", f"{holes - _MAX_REPORTED} more holes between tensors", body)
     if covered < body_len:
-        ctx.add("AISEC-SC-402", f"{body_len - covered} bytes after the last tensor belong to no tensor",
-                body + covered)  # fmt: skip
+        ctx.add("AISEC-SC-402", f"{body_len - covered} bytes after the last tensor belong to no tensor "
+                "(the loader refuses a data section it does not fully cover)", body + covered)  # fmt: skip
