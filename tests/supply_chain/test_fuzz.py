@@ -125,6 +125,7 @@ def _is_parse_error(message: str) -> bool:
     return not message or any(word.lower() in message.lower() for word in _PARSE_ERRORS)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numpy on mutated dtypes
 @pytest.mark.parametrize("kind", sorted(SEEDS))
 def test_mutated_files(kind: str) -> None:
     seed = SEEDS[kind]

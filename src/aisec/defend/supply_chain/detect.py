@@ -15,6 +15,7 @@ from aisec.defend.supply_chain.limits import ScanLimits
 _PICKLE_START = frozenset(b"(.012FIJKLMNPQRSTUVX]abcdeghijlopqrstu})GBC")
 _IMAGES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 _SEVEN_ZIP = b"7z\xbc\xaf\x27\x1c"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 # Formats that can run code when loaded, and extensions that promise a format that cannot.
 CODE_FORMATS = frozenset({"pickle", "pytorch-zip", "pytorch-legacy", "torchscript", "joblib"})
@@ -76,7 +77,9 @@ class _Recorder:
         self.active = False
 
     def on_global(self, value: Global) -> None:
-        self.active = True
+        # Only an importable name makes a difference: text such as TorchScript's "class Linear(Module):"
+        # starts with the GLOBAL opcode 'c' but names no module the unpickler could import.
+        self.active = self.active or bool(_IDENTIFIER.match(value.module) and _IDENTIFIER.match(value.name))
 
     def on_dynamic_global(self, module: object, name: object, offset: int) -> Global | None:
         self.active = True
