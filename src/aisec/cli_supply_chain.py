@@ -142,7 +142,11 @@ def sign(
         from aisec.defend.supply_chain.signing import sign_model
 
         info = sign_model(model, key, signature)
-        console.print(f"signed {model}: {info}")
+        console.print(
+            f"signed {model} ({len(info.manifest.files)} file(s), digest {info.manifest.digest})\n"
+            f"signature: {info.signature_path}\nkey fingerprint: {info.key_fingerprint}",
+            highlight=False,
+        )
         return EXIT_OK
 
     guarded(run)

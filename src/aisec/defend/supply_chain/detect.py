@@ -9,6 +9,7 @@ from aisec.defend.supply_chain.context import LimitExceeded, Unparseable
 from aisec.defend.supply_chain.formats import archives, gguf, keras, onnx, safetensors
 from aisec.defend.supply_chain.formats.numpy_files import MAGIC as NPY_MAGIC
 from aisec.defend.supply_chain.formats.pickle_vm import Call, Global, simulate
+from aisec.defend.supply_chain.formats.text import is_utf8_text
 from aisec.defend.supply_chain.limits import ScanLimits
 
 # Bytes that may start a protocol 0/1 pickle (a PROTO opcode starts every protocol 2+ pickle).
@@ -65,7 +66,7 @@ def sniff(data: memoryview) -> str:
         return "json"
     if onnx.looks_like_onnx(data):
         return "onnx"
-    if _is_text(data):
+    if is_utf8_text(bytes(data[: 1 << 16])):
         return "text"
     return "unknown"
 
@@ -103,17 +104,6 @@ def _parses_as_pickle(data: memoryview) -> bool:
         simulate(data, 0, recorder, ScanLimits(max_pickle_opcodes=1_000_000))
     except (Unparseable, LimitExceeded):
         return recorder.active
-    return True
-
-
-def _is_text(data: memoryview) -> bool:
-    sample = bytes(data[: 1 << 16])
-    if b"\x00" in sample:
-        return False
-    try:
-        sample.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return error.start >= len(sample) - 3  # a character cut by the sample's end
     return True
 
 

@@ -46,6 +46,7 @@ from aisec.assess.finding import Severity
 from aisec.defend.supply_chain.context import LimitExceeded, ScanContext, Unparseable
 from aisec.defend.supply_chain.formats.archives import MemoryFile
 from aisec.defend.supply_chain.formats.pickle_policy import DANGEROUS_NAMES, DANGEROUS_PREFIXES
+from aisec.defend.supply_chain.formats.text import is_utf8_text
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _KERAS_PACKAGES = frozenset({"keras", "tf_keras", "keras_hub", "keras_nlp", "keras_cv"})
@@ -286,13 +287,7 @@ def looks_like_json(data: memoryview) -> bool:
         ok = rest[:1] in (b'"', b"}")
     else:
         ok = rest[0] in _JSON_VALUE_START or re.match(rb"(true|false|null)\b", rest) is not None
-    if not ok or b"\x00" in sample:
-        return False
-    try:
-        sample.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return error.start >= len(sample) - 3  # a character cut by the sample's end
-    return True
+    return ok and is_utf8_text(sample)
 
 
 def scan_json(data: memoryview, ctx: ScanContext) -> None:
