@@ -107,11 +107,18 @@ def unknown_attack(workdir):
 
 
 def untrusted_pickle(workdir):
-    (workdir / "model.joblib").write_bytes(b"whatever")
+    """An untrusted scikit-learn file goes through the scanner, which refuses this one; nothing runs."""
+    marker = workdir / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (workdir / "model.joblib").write_bytes(pickle.dumps(Payload()))
     target = {"kind": "sklearn", "path": "model.joblib", "factory": None}
     return write_plan(
         workdir, "sk.yaml", target=target
-    ), "refuses to load it unless the plan declares `trusted: true`"
+    ), "model.joblib was not loaded: the scan's verdict is unsafe"
 
 
 @pytest.mark.parametrize(

@@ -133,3 +133,21 @@ def test_scanning_imports_no_torch(tmp_path: Path) -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_untrusted_sklearn_target_loads_through_the_scanner(tmp_path: Path) -> None:
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    from aisec.assess.plan import TargetSection
+    from aisec.targets.loading import load_target
+
+    x, y = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
+    joblib.dump(LogisticRegression().fit(x, y), tmp_path / "m.joblib")
+    section = TargetSection(
+        kind="sklearn", path=tmp_path / "m.joblib", input={"shape": [3], "num_classes": 2}
+    )
+    target, _ = load_target(section)
+    import torch
+
+    assert target.labels(torch.from_numpy(x)).shape == (40,)

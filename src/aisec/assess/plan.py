@@ -31,8 +31,9 @@ class InputSection(_Section):
 
 class TargetSection(_Section):
     """The model. torch: `factory` builds the module (your code) and `path` holds its weights (a state dict,
-    read with torch.load(weights_only=True)). onnx: `path` is the model. sklearn and torchscript files run code
-    when loaded: they are refused unless `trusted: true`."""
+    read with torch.load(weights_only=True)). onnx: `path` is the model. torchscript files run code when
+    loaded: refused unless `trusted: true`. sklearn files: loaded with joblib if `trusted: true`, otherwise only
+    if the supply-chain scanner calls them safe, through its allow-list unpickler (docs/supply-chain.md)."""
 
     kind: Literal["torch", "torchscript", "onnx", "sklearn"]
     path: Path

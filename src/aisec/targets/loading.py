@@ -2,7 +2,9 @@
 
 torch: the module comes from the user's own code (`factory`), the weights from a state dict read with
 `torch.load(weights_only=True)` (or safetensors). onnx: onnxruntime, no custom-op libraries. sklearn pickles
-and TorchScript archives can run code when loaded, so they are refused unless the plan says `trusted: true`.
+and TorchScript archives can run code when loaded: TorchScript is refused unless the plan says `trusted: true`,
+and an untrusted scikit-learn file is loaded only if the supply-chain scanner calls it safe, through an
+unpickler that can import nothing outside the scanner's allow list.
 """
 
 from __future__ import annotations
@@ -43,13 +45,13 @@ def load_target(section: TargetSection) -> tuple[Target, str]:
         from aisec.targets.onnx_target import OnnxTarget
 
         return OnnxTarget(path, spec), digest
-    if section.kind in ("sklearn", "torchscript") and not section.trusted:
+    if section.kind == "torchscript" and not section.trusted:
         raise ModelLoadError(
-            f"{path}: a {section.kind} file can run code when it is loaded; aisec refuses to load it unless the "
+            f"{path}: a torchscript file runs its own code when it is loaded; aisec refuses to load it unless the "
             "plan declares `trusted: true` (only for files you made or have verified)"
         )
     if section.kind == "sklearn":
-        return _load_sklearn(path, spec), digest
+        return _load_sklearn(path, spec, section.trusted), digest
     if section.kind == "torchscript":
         return _load_torchscript(path, spec, section.device), digest
     return _load_torch(path, spec, section.factory or "", section.device), digest
@@ -101,11 +103,16 @@ def _load_torchscript(path: Path, spec: InputSpec, device: str) -> Target:
     return TorchTarget(module, spec, device=device)
 
 
-def _load_sklearn(path: Path, spec: InputSpec) -> Target:
+def _load_sklearn(path: Path, spec: InputSpec, trusted: bool) -> Target:
+    """A trusted file through joblib; any other through `aisec.load_model`, which scans it first and refuses
+    it unless the scan says safe, then unpickles it with only the allow list's globals importable."""
     import joblib
 
+    from aisec.defend.supply_chain.loading import load_model
     from aisec.targets.sklearn_models import sklearn_target
 
+    if not trusted:
+        return sklearn_target(load_model(path), spec)
     try:
         estimator = joblib.load(path)  # trusted: declared in the plan
     except Exception as e:
