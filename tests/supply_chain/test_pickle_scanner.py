@@ -213,3 +213,16 @@ def test_npy_object_array_payload() -> None:
     header = header + " " * (63 - len(header)) + "\n"
     data = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + EVIL
     assert {"AISEC-SC-301", "AISEC-SC-201"} <= rules(data, "x.npy")
+
+
+def test_pickle_in_an_hdf5_user_block_is_found(tmp_path: Path) -> None:
+    """A polyglot: pickle.load runs the protocol-0 pickle in the user block, h5py reads the HDF5 after it."""
+    import h5py
+
+    path = tmp_path / "model.h5"
+    with h5py.File(path, "w", userblock_size=512) as handle:
+        handle.attrs["model_config"] = "{}"
+    payload = b"cos\nsystem\n(S'true'\ntR."
+    with open(path, "r+b") as handle:
+        handle.write(payload)
+    assert "AISEC-SC-201" in {f.rule_id for f in scan_file(path).findings}

@@ -48,6 +48,10 @@ def sniff(data: memoryview) -> str:
         return "7z"
     if head[0] == 0x80 and len(head) > 1 and head[1] <= 5:
         return "pickle"
+    # Before the formats found at an offset or with loose magic (an HDF5 user block, a GGUF or safetensors
+    # header): a protocol 0/1 pickle that imports something is what pickle.load would run, polyglot or not.
+    if head[0] in _PICKLE_START and _parses_as_pickle(data):
+        return "pickle"
     if gguf.looks_like_gguf(data):
         return "gguf"
     if keras.looks_like_hdf5(data):
@@ -60,8 +64,6 @@ def sniff(data: memoryview) -> str:
         return "tar"
     if head.startswith(_IMAGES):
         return "image"
-    if head[0] in _PICKLE_START and _parses_as_pickle(data):
-        return "pickle"
     if keras.looks_like_json(data):
         return "json"
     if onnx.looks_like_onnx(data):

