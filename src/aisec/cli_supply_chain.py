@@ -6,14 +6,13 @@ Exit codes: 0 clean / verified / written; 1 findings at or above --fail-on, or a
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from aisec.atomic import write_atomic
 from aisec.cli_support import console, guarded
 from aisec.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 
@@ -22,19 +21,6 @@ if TYPE_CHECKING:
 
 _SEVERITIES = ("info", "low", "medium", "high", "critical")
 _VERDICT_STYLE = {"safe": "green", "suspicious": "yellow", "error": "magenta", "unsafe": "red"}
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def scan(
@@ -78,10 +64,10 @@ def scan(
                               highlight=False, soft_wrap=True)  # fmt: skip
 
         report = scan_paths(paths, on_file=progress, hash_content=not no_hash)
-        if json_out is not None:
-            write_atomic(json_out, render_scan_json(report))
-        if sarif_out is not None:
-            write_atomic(sarif_out, render_scan_sarif(report))
+        for out_path, render in ((json_out, render_scan_json), (sarif_out, render_scan_sarif)):
+            if out_path is not None:
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(out_path, render(report))
         if format == "json":
             sys.stdout.write(render_scan_json(report))
         elif format == "sarif":

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from aisec.assess.finding import Severity
+from aisec.atomic import write_atomic
 from aisec.defend.supply_chain.result import FileScan, ScanReport, Verdict
-from aisec.defend.supply_chain.signing import Manifest, PathLike, _write_atomic, manifest_of
+from aisec.defend.supply_chain.signing import Manifest, PathLike, manifest_of
 from aisec.errors import BadInputError
 
 SPEC_VERSION = "1.6"
@@ -117,7 +118,7 @@ def build_bom(
 def write_bom(bom: dict[str, Any], path: PathLike) -> None:
     """Write a BOM as indented UTF-8 JSON, atomically (a temporary file, then `os.replace`)."""
     text = json.dumps(bom, indent=2, ensure_ascii=False) + "\n"
-    _write_atomic(Path(path), text.encode("utf-8"))
+    write_atomic(path, text)
 
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
+from aisec.atomic import write_atomic
 from aisec.errors import BadInputError
 
 PathLike = str | os.PathLike[str]
@@ -171,7 +172,7 @@ def sign_model(
         except ValueError as error:  # e.g. a symbolic link in the model folder
             raise BadInputError(f"cannot sign {model}: {error}") from None
         bundle = staged.read_bytes()
-    _write_atomic(signature, bundle)
+    write_atomic(signature, bundle)
     statement = _statement_of(bundle)
     return SignatureInfo(
         model_path=model,
@@ -527,37 +528,6 @@ def _join(message: str, note: str) -> str:
 
 def _os_error(error: OSError) -> str:
     return error.strerror or str(error)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and `os.replace`: readers see the
-    old file or the new one, never a part. A new file gets mode 0644, a replaced one keeps its mode."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise BadInputError(f"no such folder: {path.parent}")
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o644
-    try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise BadInputError(f"cannot write {path}: {_os_error(error)}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise BadInputError(f"cannot write {path}: {_os_error(error)}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
 
 
 def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
