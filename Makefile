@@ -61,8 +61,8 @@ fuzz: $(VENV)/.aisec-fuzz
 	$(BIN)/python bench/fuzz_scan.py out/fuzz-corpus -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 
 clean:
 	rm -rf $(VENV) out build *.egg-info src/*.egg-info

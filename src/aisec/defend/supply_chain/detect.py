@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import pickle
+import pickletools
 import re
+import zipfile
 from pathlib import PurePath
+from typing import Any
 
-from aisec.defend.supply_chain.context import LimitExceeded, Unparseable
 from aisec.defend.supply_chain.formats import archives, gguf, keras, onnx, safetensors
+from aisec.defend.supply_chain.formats.archives import MemoryFile
 from aisec.defend.supply_chain.formats.numpy_files import MAGIC as NPY_MAGIC
-from aisec.defend.supply_chain.formats.pickle_vm import Call, Global, simulate
 from aisec.defend.supply_chain.formats.text import is_utf8_text
-from aisec.defend.supply_chain.limits import ScanLimits
 
-# Bytes that may start a protocol 0/1 pickle (a PROTO opcode starts every protocol 2+ pickle).
-_PICKLE_START = frozenset(b"(.012FIJKLMNPQRSTUVX]abcdeghijlopqrstu})GBC")
+# Bytes that may start a pickle without a PROTO opcode: every opcode.
+_PICKLE_START = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes)
 _IMAGES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 _SEVEN_ZIP = b"7z\xbc\xaf\x27\x1c"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -60,8 +63,10 @@ def sniff(data: memoryview) -> str:
         return "safetensors"
     if archives.sniff_compression(data):
         return "compressed"
-    if len(data) > 262 and bytes(data[257:262]) == b"ustar":
+    if _looks_like_tar(data):
         return "tar"
+    if _zip_at_end(data):
+        return "zip"  # a zip with data in front (zipfile and PyTorch find it from its end)
     if head.startswith(_IMAGES):
         return "image"
     if keras.looks_like_json(data):
@@ -73,40 +78,65 @@ def sniff(data: memoryview) -> str:
     return "unknown"
 
 
-class _Recorder:
-    """Observer for a trial parse: notes whether the stream imports or calls anything."""
+class _Imports(Exception):
+    """Raised by the probe's find_class: the stream reached an import."""
 
-    def __init__(self) -> None:
-        self.active = False
 
-    def on_global(self, value: Global) -> None:
-        # Only an importable name makes a difference: text such as TorchScript's "class Linear(Module):"
-        # starts with the GLOBAL opcode 'c' but names no module the unpickler could import.
-        self.active = self.active or bool(_IDENTIFIER.match(value.module) and _IDENTIFIER.match(value.name))
+class _ImportProbe(pickle.Unpickler):
+    """CPython's own (C) unpickler, with every import refused: no callable can reach the stack, so nothing
+    from the data can run, while the stream is parsed exactly as `pickle.load` parses it (base-0 INT
+    arguments, frames, memo, any length) rather than by our reimplementation."""
 
-    def on_dynamic_global(self, module: object, name: object, offset: int) -> Global | None:
-        self.active = True
-        return None
+    def find_class(self, module: str, name: str) -> Any:
+        if not (_IDENTIFIER.match(module) and _IDENTIFIER.match(name)):
+            # names nothing importable (text such as TorchScript's "class Linear(Module):" starts with
+            # GLOBAL's 'c'): the real unpickler fails here too, having run nothing
+            raise pickle.UnpicklingError(f"cannot import {module!r}")
+        raise _Imports(f"{module}.{name}")
 
-    def on_extension(self, code: int, offset: int) -> None:
-        self.active = True
-
-    def on_call(self, call: Call) -> None:
-        self.active = True
-
-    def on_build(self, target: object, state: object, offset: int, pos: int) -> int | None:
+    def persistent_load(self, pid: Any) -> None:
         return None
 
 
 def _parses_as_pickle(data: memoryview) -> bool:
-    """A protocol 0/1 pickle has no magic: it is one if it parses to STOP, or if it imports or calls
-    something before it breaks (the real unpickler would have run that part)."""
-    recorder = _Recorder()
+    """A protocol 0/1 pickle has no magic: the bytes are one if CPython's unpickler reads them to STOP, or
+    reaches an import before it fails (`pickle.load` would have run that part)."""
+    probe = _ImportProbe(io.BufferedReader(MemoryFile(data)), encoding="latin-1")
     try:
-        simulate(data, 0, recorder, ScanLimits(max_pickle_opcodes=1_000_000))
-    except (Unparseable, LimitExceeded):
-        return recorder.active
+        probe.load()
+    except _Imports:
+        return True
+    except RecursionError:
+        return True  # nested too deep for the reference parser: not text; let the scanner report it
+    except Exception:  # noqa: BLE001 - any parse error before an import: not a pickle that runs anything
+        return False
     return True
+
+
+def _looks_like_tar(data: memoryview) -> bool:
+    """A tar header at offset 0 whose checksum holds, as `tarfile` checks it (old V7 headers have no "ustar"
+    magic, and `torch.load` tries `tarfile.open` on legacy checkpoints)."""
+    if len(data) < 512:
+        return False
+    header = bytes(data[:512])
+    field = header[148:156].split(b"\0", 1)[0].strip()
+    if not field or any(c not in b"01234567" for c in field):
+        return False
+    unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+    signed = sum(b - 256 if b > 127 else b for b in header[:148] + b" " * 8 + header[156:])
+    return int(field, 8) in (unsigned, signed)
+
+
+def _zip_at_end(data: memoryview) -> bool:
+    """A zip whatever precedes it: an end-of-central-directory record in the last 64 KiB whose central
+    directory parses (so four bytes that happen to match inside tensor data do not count)."""
+    if bytes(data[-(65536 + 22) :]).rfind(b"PK\x05\x06") < 0:
+        return False
+    try:
+        with zipfile.ZipFile(MemoryFile(data)) as archive:
+            return bool(archive.infolist())
+    except Exception:  # noqa: BLE001 - any failure: not a readable zip
+        return False
 
 
 def extension_mismatch(name: str, fmt: str) -> str | None:

@@ -59,7 +59,8 @@ def load_model(path: str | os.PathLike[str]) -> Any:
 
         return onnx.load(str(path))
     raise ModelLoadError(
-        f"{path}: aisec.load_model does not load {fmt} files; the scan found nothing, load it yourself"
+        f"{path}: aisec.load_model does not load {fmt} files (it loads safetensors, PyTorch, pickle, joblib, "
+        "NumPy and ONNX models)"
     )
 
 

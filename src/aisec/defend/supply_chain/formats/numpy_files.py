@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import ast
 import math
-import re
 import struct
+from typing import Any
 
 from aisec.defend.supply_chain.context import ScanContext, Unparseable
 from aisec.defend.supply_chain.formats.pickle_scan import scan_pickle
 
 MAGIC = b"\x93NUMPY"
-_DESCR_SIZE = re.compile(r"^[<>|=]?[a-zA-Z?](\d*)")
-_KIND_SIZE = {"b": 1, "?": 1, "B": 1, "h": 2, "H": 2, "e": 2, "i": 4, "I": 4, "f": 4, "l": 8, "L": 8, "q": 8,
-              "Q": 8, "d": 8, "g": 16, "F": 8, "D": 16, "G": 32}  # fmt: skip
 
 
 def scan_npy(data: memoryview, ctx: ScanContext) -> None:
@@ -49,47 +46,24 @@ def scan_npy(data: memoryview, ctx: ScanContext) -> None:
     if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise Unparseable(f"npy shape {shape!r} is not a tuple of non-negative ints", start)
     body = start + header_len
-    if _has_object(header["descr"]):
+    dtype = _dtype(header["descr"], start)
+    if dtype.hasobject:
         ctx.add("AISEC-SC-301", f"object array of shape {shape}; its pickle was scanned", body)
         scan_pickle(data[body:], ctx.child("pickle", ctx.name))
         return
-    itemsize = _itemsize(header["descr"])
-    if itemsize is None:
-        raise Unparseable(f"npy dtype {header['descr']!r} cannot be sized", start)
-    expected = math.prod(shape) * itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if len(data) - body < expected:
         raise Unparseable(f"npy data truncated: {len(data) - body} of {expected} bytes", body)
     if len(data) - body > expected:
         ctx.add("AISEC-SC-006", f"{len(data) - body - expected} bytes follow the array data", body + expected)
 
 
-def _has_object(descr: object) -> bool:
-    if isinstance(descr, str):
-        return descr.lstrip("<>|=").startswith("O")
-    if isinstance(descr, list):  # structured: [(name, descr[, shape]), ...]
-        return any(isinstance(f, tuple) and len(f) >= 2 and _has_object(f[1]) for f in descr)
-    return True  # anything else cannot be checked: treat as code-bearing
+def _dtype(descr: object, offset: int) -> Any:
+    """The dtype numpy.load builds from the header's descr (numpy's own reader of this literal: a string
+    such as "<f8" or "i4,O", or a list of fields), so its size and whether it holds objects are exact."""
+    import numpy as np
 
-
-def _itemsize(descr: object) -> int | None:
-    if isinstance(descr, str):
-        match = _DESCR_SIZE.match(descr)
-        if match is None:
-            return None
-        kind = descr.lstrip("<>|=")[0]
-        if match.group(1):
-            size = int(match.group(1))
-            return size * 4 if kind == "U" else size
-        return _KIND_SIZE.get(kind)
-    if isinstance(descr, list):
-        total = 0
-        for field in descr:
-            if not (isinstance(field, tuple) and len(field) >= 2):
-                return None
-            size = _itemsize(field[1])
-            if size is None:
-                return None
-            count = math.prod(field[2]) if len(field) > 2 and isinstance(field[2], tuple) else 1
-            total += size * count
-        return total
-    return None
+    try:
+        return np.lib.format.descr_to_dtype(descr)
+    except (TypeError, ValueError, KeyError, IndexError, SyntaxError) as error:
+        raise Unparseable(f"npy descr {descr!r} is not a dtype numpy reads: {error}", offset) from None

@@ -2,7 +2,8 @@
 
 A global is *allowed* when reconstructing it cannot run code of the file's choosing: the tensor and
 storage rebuilders of PyTorch, numpy's array and dtype reconstructors, plain containers, datetime, and the
-estimator classes of scikit-learn (their constructors and `__setstate__` only store attributes). Every
+classes defined in scikit-learn, scipy.sparse and torch.nn.modules (their constructors and `__setstate__`
+only store attributes; `pickle_allowlist.json`, generated). Every
 other global is a finding. It is *dangerous* (critical) when it is, or reaches by attribute walk, a
 callable that runs code, spawns processes, opens files or sockets, imports modules or deserialises a
 nested payload: the modules and names below come from the picklescan and modelscan deny lists, their
@@ -12,7 +13,10 @@ published bypasses (GHSA advisories on both projects, 2022-2025) and the gadgets
 from __future__ import annotations
 
 import enum
+import functools
+import json
 import re
+from pathlib import Path
 
 from aisec.defend.supply_chain.formats.pickle_vm import Global
 
@@ -73,13 +77,16 @@ _NUMPY_SCALARS = frozenset(
     "bool_ int8 int16 int32 int64 uint8 uint16 uint32 uint64 float16 float32 float64 longdouble complex64 "
     "complex128 clongdouble str_ bytes_ void datetime64 timedelta64 intc uintc intp uintp".split()
 )
-_CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
-# Packages whose classes are rebuilt from state only; the listed sub-packages hold helpers that are not.
-_CLASS_PACKAGES = {
-    "sklearn": ("sklearn.utils._testing", "sklearn.externals", "sklearn.datasets", "sklearn.tests"),
-    "scipy.sparse": ("scipy.sparse.linalg",),
-    "torch.nn.modules": (),
-}
+# Classes defined in scikit-learn, scipy.sparse and torch.nn.modules (a generated list: a name those
+# packages merely import from elsewhere, like multiprocessing's Listener, is not on it). Their constructors
+# and `__setstate__` only store attributes. Regenerate with scripts/update_pickle_allowlist.py.
+_ALLOWLIST_FILE = Path(__file__).with_name("pickle_allowlist.json")
+
+
+@functools.cache
+def _package_classes() -> frozenset[str]:
+    return frozenset(json.loads(_ALLOWLIST_FILE.read_text())["classes"])
+
 
 # Dangerous: a global whose (normalised) path starts with one of these, at the module or at any attribute
 # reached by a dotted name. Normalising strips leading underscores per component (`_os` is `os`,
@@ -166,10 +173,7 @@ def _allowed(module: str, name: str) -> bool:
         "DType"
     ):
         return True
-    for package, excluded in _CLASS_PACKAGES.items():
-        if (module == package or module.startswith(package + ".")) and not module.startswith(excluded):
-            return bool(_CLASS_NAME.match(name))
-    return False
+    return path in _package_classes()
 
 
 def _normalise(component: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import math
+import re
 import struct
 from typing import Any
 
@@ -42,6 +43,7 @@ _STORAGE_ELEMENT_SIZE = {
     "BFloat16Storage": 2, "IntStorage": 4, "FloatStorage": 4, "QInt32Storage": 4, "LongStorage": 8,
     "DoubleStorage": 8, "ComplexFloatStorage": 8, "ComplexDoubleStorage": 16,
 }  # fmt: skip
+_DESCR = re.compile(r"[a-zA-Z?]\d*(\[\w+\])?")  # a built-in or flexible dtype's descr, e.g. "f8", "U40", "M8"
 _TEXT_CODECS = frozenset(
     "rot13 rot_13 latin1 latin_1 latin-1 iso8859_1 utf8 utf_8 utf-8 ascii us_ascii unicode_escape "
     "raw_unicode_escape".split()
@@ -221,21 +223,46 @@ def _constant_text(value: Any, data: memoryview) -> str | None:
     return None
 
 
-def _dtype_layout(dtype: Any) -> tuple[int, bool] | None:
-    """(itemsize, has_object) of a pickled numpy.dtype: REDUCE numpy.dtype(descr, ...) with BUILD state
-    (version, byteorder, subarray, names, fields, elsize, alignment, flags); flags bit 0 is HASOBJECT."""
+def _dtype_layout(dtype: Any, depth: int = 0) -> tuple[int, bool] | None:
+    """(itemsize, has_object) of a pickled numpy.dtype, as numpy rebuilds it: REDUCE numpy.dtype(descr, ...)
+    then BUILD state (version, byteorder, subarray, names, fields, elsize, alignment, flags). numpy takes the
+    size of a built-in type from the type ("i1" is one byte whatever the state says) and the size of a
+    flexible one (U, S, V, and structured records) from the state's elsize."""
     if not (isinstance(dtype, Call) and isinstance(dtype.func, Global) and dtype.func.name == "dtype"):
         return None
     if not isinstance(dtype.args, tuple) or not dtype.args or not isinstance(dtype.args[0], str):
         return None
     descr, state = dtype.args[0], dtype.state
-    flags = state[7] if isinstance(state, tuple) and len(state) > 7 and isinstance(state[7], int) else 0
-    elsize = state[5] if isinstance(state, tuple) and len(state) > 5 and isinstance(state[5], int) else -1
-    if descr.startswith("O"):
-        return 8, True
-    if elsize <= 0:
-        digits = descr.lstrip("<>=|").lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ?")
-        if not digits.isdigit():
+    if not _DESCR.fullmatch(descr):
+        return None
+    if descr[0] in "USV":
+        if not (isinstance(state, tuple) and len(state) > 7 and isinstance(state[5], int) and state[5] > 0):
             return None
-        elsize = int(digits)
-    return elsize, bool(flags & 1)
+        if state[4] is None:
+            return state[5], False
+        return _structured_layout(state, depth)
+    import numpy as np
+
+    try:
+        resolved = np.dtype(descr)
+    except TypeError:
+        return None
+    return resolved.itemsize, resolved.hasobject
+
+
+def _structured_layout(state: tuple[Any, ...], depth: int) -> tuple[int, bool] | None:
+    """A record dtype: its elsize, and whether any field (or the state's HASOBJECT flag) holds objects.
+    Either saying so counts (reading objects where joblib reads raw bytes only fails the scan). Every field
+    must fit in the record."""
+    fields, elsize, flags = state[4], state[5], state[7]
+    if depth > 8 or not isinstance(fields, Container) or fields.kind != "dict" or not isinstance(flags, int):
+        return None
+    has_object = bool(flags & 1)
+    for _, value in fields.items:
+        if not (isinstance(value, tuple) and len(value) >= 2 and isinstance(value[1], int)):
+            return None
+        layout = _dtype_layout(value[0], depth + 1)
+        if layout is None or value[1] < 0 or value[1] + layout[0] > elsize:
+            return None
+        has_object = has_object or layout[1]
+    return elsize, has_object

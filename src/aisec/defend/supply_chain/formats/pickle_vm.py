@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import codecs
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -469,7 +470,7 @@ def simulate(data: memoryview, start: int, observer: Observer, limits: ScanLimit
                 raise Unparseable("invalid UNICODE argument", at) from None
         elif op == 0x67:  # GET
             line, pos = readline(pos)
-            key = _text_int(line, at)
+            key = _text_int(line, at, base=10)
             if key not in memo:
                 raise Unparseable(f"memo value not found at key {key}", at)
             stack.append(memo[key])
@@ -477,7 +478,7 @@ def simulate(data: memoryview, start: int, observer: Observer, limits: ScanLimit
             line, pos = readline(pos)
             if len(memo) >= max_memo:
                 raise LimitExceeded(f"pickle memo larger than {max_memo}")
-            memo[_text_int(line, at)] = top(at)
+            memo[_text_int(line, at, base=10)] = top(at)
         else:
             raise Unparseable(f"invalid pickle opcode 0x{op:02x}", at)
 
@@ -503,15 +504,20 @@ def _text(raw: bytes, at: int) -> str:
         raise Unparseable("invalid UTF-8 in a GLOBAL name", at) from None
 
 
-def _text_int(line: bytes, at: int, allow_bool: bool = False) -> Any:
+def _text_int(line: bytes, at: int, allow_bool: bool = False, base: int = 0) -> Any:
+    """An INT/LONG (base 0, as _pickle.c's strtol and PyLong_FromString read them: "0x10", "010") or
+    GET/PUT (base 10) argument."""
     if allow_bool and line == b"00":
         return False
     if allow_bool and line == b"01":
         return True
     if len(line) > 4300:  # CPython's default limit on int string conversion
         raise Unparseable("integer argument too long", at)
+    text = line.decode("latin-1").strip()
+    if base == 0 and re.fullmatch(r"[+-]?0[0-7]+", text):
+        return int(text, 8)  # strtol's octal, which Python's base 0 refuses
     try:
-        return int(line)
+        return int(text, base)
     except ValueError:
         raise Unparseable("invalid integer argument", at) from None
 
