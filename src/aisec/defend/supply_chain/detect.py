@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import io
-import pickle
 import pickletools
 import re
 import zipfile
 from pathlib import PurePath
-from typing import Any
 
+from aisec.defend.supply_chain.context import LimitExceeded, Unparseable
 from aisec.defend.supply_chain.formats import archives, gguf, keras, onnx, safetensors
 from aisec.defend.supply_chain.formats.archives import MemoryFile
 from aisec.defend.supply_chain.formats.numpy_files import MAGIC as NPY_MAGIC
+from aisec.defend.supply_chain.formats.pickle_vm import Call, Global, simulate
 from aisec.defend.supply_chain.formats.text import is_utf8_text
+from aisec.defend.supply_chain.limits import ScanLimits
 
 # Bytes that may start a pickle without a PROTO opcode: every opcode.
 _PICKLE_START = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes)
 _IMAGES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a")
 _SEVEN_ZIP = b"7z\xbc\xaf\x27\x1c"
+_SNIFF_LIMITS = ScanLimits(max_pickle_opcodes=1_000_000)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 # Formats that can run code when loaded, and extensions that promise a format that cannot.
@@ -78,38 +79,45 @@ def sniff(data: memoryview) -> str:
     return "unknown"
 
 
-class _Imports(Exception):
-    """Raised by the probe's find_class: the stream reached an import."""
+class _ImportRecorder:
+    """Observer for the sniffing parse: notes whether the stream reaches an import or a call."""
 
+    def __init__(self) -> None:
+        self.active = False
 
-class _ImportProbe(pickle.Unpickler):
-    """CPython's own (C) unpickler, with every import refused: no callable can reach the stack, so nothing
-    from the data can run, while the stream is parsed exactly as `pickle.load` parses it (base-0 INT
-    arguments, frames, memo, any length) rather than by our reimplementation."""
+    def on_global(self, value: Global) -> None:
+        # Only an importable name counts: text such as TorchScript's "class Linear(Module):" starts with
+        # GLOBAL's 'c' but names nothing the unpickler could import (it fails there, having run nothing).
+        self.active = self.active or bool(_IDENTIFIER.match(value.module) and _IDENTIFIER.match(value.name))
 
-    def find_class(self, module: str, name: str) -> Any:
-        if not (_IDENTIFIER.match(module) and _IDENTIFIER.match(name)):
-            # names nothing importable (text such as TorchScript's "class Linear(Module):" starts with
-            # GLOBAL's 'c'): the real unpickler fails here too, having run nothing
-            raise pickle.UnpicklingError(f"cannot import {module!r}")
-        raise _Imports(f"{module}.{name}")
+    def on_dynamic_global(self, module: object, name: object, offset: int) -> Global | None:
+        self.active = True
+        return None
 
-    def persistent_load(self, pid: Any) -> None:
+    def on_extension(self, code: int, offset: int) -> None:
+        self.active = True
+
+    def on_call(self, call: Call) -> None:
+        self.active = True
+
+    def on_build(self, target: object, state: object, offset: int, pos: int) -> int | None:
         return None
 
 
 def _parses_as_pickle(data: memoryview) -> bool:
-    """A protocol 0/1 pickle has no magic: the bytes are one if CPython's unpickler reads them to STOP, or
-    reaches an import before it fails (`pickle.load` would have run that part)."""
-    probe = _ImportProbe(io.BufferedReader(MemoryFile(data)), encoding="latin-1")
+    """A protocol 0/1 pickle has no magic: the bytes are one if they parse to STOP, if they import or call
+    something before they break (the real unpickler would have run that part), or if they are too long or
+    deep to decide. The parse is at least as lenient as CPython's C unpickler (base-0 integers, frames not
+    enforced), so bytes it rejects before an import are bytes `pickle.load` rejects before an import too.
+    (CPython's own unpickler cannot be the judge: a LONG_BINPUT index makes it allocate its memo as an
+    array of that size, gigabytes from a 20-byte input.)"""
+    recorder = _ImportRecorder()
     try:
-        probe.load()
-    except _Imports:
+        simulate(data, 0, recorder, _SNIFF_LIMITS, enforce_frames=False)
+    except LimitExceeded:
         return True
-    except RecursionError:
-        return True  # nested too deep for the reference parser: not text; let the scanner report it
-    except Exception:  # noqa: BLE001 - any parse error before an import: not a pickle that runs anything
-        return False
+    except Unparseable:
+        return recorder.active
     return True
 
 

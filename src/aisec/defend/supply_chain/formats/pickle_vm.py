@@ -125,11 +125,14 @@ _UNPACK_D = struct.Struct(">d").unpack_from
 _PROTOCOL_MAX = 5
 
 
-def simulate(data: memoryview, start: int, observer: Observer, limits: ScanLimits) -> tuple[int, Any, int]:
+def simulate(
+    data: memoryview, start: int, observer: Observer, limits: ScanLimits, *, enforce_frames: bool = True
+) -> tuple[int, Any, int]:
     """Run one pickle stream from `start` to its STOP; returns (position after STOP, top value, protocol).
 
     Raises Unparseable where CPython's unpickler would fail (truncation, bad opcode, empty stack, missing
-    memo key), so a stream that would not load is never mistaken for a clean one.
+    memo key), so a stream that would not load is never mistaken for a clean one. `enforce_frames=False`
+    ignores FRAME bounds, for the sniffing parse that must be at least as lenient as any unpickler.
     """
     n = len(data)
     pos = start
@@ -230,10 +233,10 @@ def simulate(data: memoryview, start: int, observer: Observer, limits: ScanLimit
                 raise Unparseable(f"memo value not found at key {key}", at)
             stack.append(memo[key])
         elif op == 0x95:  # FRAME: the bytes that follow are read in the same order, within its bounds
-            if at < frame_end:
+            if at < frame_end:  # (never true when frames are not enforced: frame_end stays -1)
                 raise Unparseable("beginning of a new frame before end of current frame", at)
             need(8, pos)
-            frame_end = pos + 8 + _UNPACK_Q(data, pos)[0]
+            frame_end = pos + 8 + _UNPACK_Q(data, pos)[0] if enforce_frames else -1
             if frame_end > n:
                 raise Unparseable("pickle data was truncated (frame longer than the data)", at)
             pos += 8
