@@ -399,3 +399,23 @@ def test_every_exported_name_resolves() -> None:
     assert set(aisec.targets.__all__) == set(aisec.targets._EXPORTS)
     for name in aisec.targets.__all__:
         assert getattr(aisec.targets, name).__name__ == name
+
+
+def test_probabilities_follow_the_score_kind(digits_target):
+    import numpy as np
+    import torch
+
+    from aisec.targets.callable_target import CallableTarget
+    from aisec.targets.views import scores_only
+
+    x = torch.rand(5, 1, 8, 8)
+    white = digits_target.probabilities(x)
+    assert torch.allclose(white.sum(1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(scores_only(digits_target).probabilities(x), white)
+    logits = digits_target.logits(x).detach().numpy()
+    as_logits = CallableTarget(lambda a: logits[: len(a)], digits_target.spec, score_kind="logits")
+    as_probs = CallableTarget(
+        lambda a: np.exp(logits) / np.exp(logits).sum(1, keepdims=True), digits_target.spec
+    )
+    assert torch.allclose(as_logits.probabilities(x), white, atol=1e-5)
+    assert torch.allclose(as_probs.probabilities(x), white, atol=1e-5)

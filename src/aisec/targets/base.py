@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from aisec.errors import CapabilityError, DataError
 
@@ -32,6 +32,9 @@ class Access(str, enum.Enum):
     def allows(self, needed: Access) -> bool:
         """True when this level of access is enough for an attack that needs `needed`."""
         return self.rank >= needed.rank
+
+
+ScoreKind = Literal["probabilities", "logits"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class Target(ABC):
     access: Access
     spec: InputSpec
     queries: QueryCounter
+    # What `scores` returns: "probabilities" (rows sum to one, e.g. predict_proba or a served API) or
+    # "logits" (any real scores whose softmax gives the probabilities: a white-box model, a decision function).
+    score_kind: ScoreKind = "probabilities"
 
     def __init__(self, spec: InputSpec, access: Access) -> None:
         self.spec = spec
@@ -116,6 +122,12 @@ class Target(ABC):
         self.queries.total += len(x)
         return self._scores(x)
 
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (n, num_classes): the scores, or their softmax when they are logits. Counts n
+        queries; needs SCORES access."""
+        scores = self.scores(x)
+        return scores.softmax(1) if self.score_kind == "logits" else scores
+
     def labels(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted labels (int64) for a batch. Counts n queries."""
         self.queries.total += len(x)
@@ -133,6 +145,8 @@ class Target(ABC):
 
 class WhiteBoxTarget(Target):
     """A differentiable model: `logits` keeps the autograd graph so attacks can take input gradients."""
+
+    score_kind: ScoreKind = "logits"
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch with the autograd graph attached. Counts n queries."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from aisec.errors import BadInputError, DataError
-from aisec.targets.base import Access, InputSpec, Target
+from aisec.targets.base import Access, InputSpec, ScoreKind, Target
 
 
 def _as_array(values: Any, source: str) -> np.ndarray:
@@ -62,7 +62,8 @@ class CallableTarget(Target):
     `fn` takes a batch of shape (n, *spec.shape): a float32 numpy array, or a float32 CPU tensor with
     accepts="torch". It gets a copy, so it cannot alter the attacker's batch. With returns="scores" it
     returns class scores (n, num_classes) and the target gives SCORES access; with returns="labels" it
-    returns class indices in [0, num_classes) of shape (n,) and the target gives LABELS access. Batches
+    returns class indices in [0, num_classes) of shape (n,) and the target gives LABELS access. `score_kind`
+    says whether the scores are probabilities (the default) or logits (see `Target.probabilities`). Batches
     are split into chunks of `batch_size` (all at once when None). Every output is checked: a wrong shape,
     dtype or a NaN raises DataError naming the callable.
     """
@@ -73,12 +74,15 @@ class CallableTarget(Target):
         spec: InputSpec,
         *,
         returns: Literal["scores", "labels"] = "scores",
+        score_kind: ScoreKind = "probabilities",
         accepts: Literal["numpy", "torch"] = "numpy",
         batch_size: int | None = None,
         name: str | None = None,
     ) -> None:
         if returns not in ("scores", "labels"):
             raise BadInputError(f"returns must be 'scores' or 'labels', got {returns!r}")
+        if score_kind not in ("probabilities", "logits"):
+            raise BadInputError(f"score_kind must be 'probabilities' or 'logits', got {score_kind!r}")
         if accepts not in ("numpy", "torch"):
             raise BadInputError(f"accepts must be 'numpy' or 'torch', got {accepts!r}")
         if batch_size is not None and batch_size < 1:
@@ -86,6 +90,7 @@ class CallableTarget(Target):
         super().__init__(spec, Access.SCORES if returns == "scores" else Access.LABELS)
         self.fn = fn
         self.returns = returns
+        self.score_kind = score_kind
         self.accepts = accepts
         self.batch_size = batch_size
         self.name: str = name or str(getattr(fn, "__qualname__", type(fn).__name__))

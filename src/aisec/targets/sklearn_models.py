@@ -127,7 +127,11 @@ class SklearnTarget(CallableTarget):
             super().__init__(self._predict_proba, spec, returns="scores", name=f"{name}.predict_proba")
         elif hasattr(estimator, "decision_function"):
             super().__init__(
-                self._decision_function, spec, returns="scores", name=f"{name}.decision_function"
+                self._decision_function,
+                spec,
+                returns="scores",
+                score_kind="logits",
+                name=f"{name}.decision_function",
             )
         else:
             super().__init__(self._predict, spec, returns="labels", name=f"{name}.predict")

@@ -22,6 +22,7 @@ class RestrictedView(Target):
             raise CapabilityError(f"cannot give {access.value} access to {inner.describe()}")
         super().__init__(inner.spec, access)
         self.inner = inner
+        self.score_kind = inner.score_kind
 
     @property
     def device(self) -> torch.device:
