@@ -1,0 +1,1 @@
+"""Inference attacks: what a model reveals about its training records (membership, attributes)."""
