@@ -184,7 +184,7 @@ def bom(
         from aisec.defend.supply_chain.bom import DatasetRef, build_bom, write_bom
         from aisec.defend.supply_chain.scanner import scan_paths
 
-        refs = [_dataset_ref(text, DatasetRef) for text in dataset or []]
+        refs = [DatasetRef(*_dataset_name_and_digest(text)) for text in dataset or []]
         if not model.exists():
             raise BadInputError(f"no such file or folder: {model}")
         report = scan_paths([model])
@@ -197,13 +197,14 @@ def bom(
     guarded(run)
 
 
-def _dataset_ref(text: str, factory: type) -> object:
+def _dataset_name_and_digest(text: str) -> tuple[str, str | None]:
+    """`--dataset NAME` or `NAME=SHA256`, checked."""
     dataset_name, _, digest = text.partition("=")
     if not dataset_name:
         raise BadInputError(f"--dataset {text!r}: expected NAME or NAME=SHA256")
     if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower())):
         raise BadInputError(f"--dataset {text!r}: {digest!r} is not a SHA-256 hex digest")
-    return factory(name=dataset_name, sha256=digest.lower() or None)
+    return dataset_name, digest.lower() or None
 
 
 def register(app: typer.Typer) -> None:

@@ -166,10 +166,9 @@ def _choose(
     surrogate's two most probable classes."""
     if first:
         return torch.randperm(len(candidates), generator=generator)[:n]
+    surrogate.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
     with torch.no_grad():
-        top2 = (
-            surrogate.eval()(candidates).softmax(1).topk(2, dim=1).values
-        )  # trusted: nn.Module.eval(), not eval()
+        top2 = surrogate(candidates).softmax(1).topk(2, dim=1).values
     return (top2[:, 0] - top2[:, 1]).topk(n, largest=False).indices
 
 

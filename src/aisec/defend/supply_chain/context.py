@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aisec.assess.finding import Severity
 from aisec.defend.supply_chain.limits import ScanLimits
@@ -72,6 +73,9 @@ class ScanContext:
     # "torchscript" inside a TorchScript archive, whose pickles name the archive's own compiled classes
     # (`__torch__.*`) and TorchScript's list builders, resolved by torch's C++ unpickler, not imported.
     pickle_dialect: str = ""
+    # The folder of the file on disk (top level only: an archive member has none), for formats that refer to
+    # files beside the model (ONNX external data).
+    base_dir: Path | None = None
 
     @property
     def limits(self) -> ScanLimits:

@@ -55,7 +55,7 @@ SCANNERS: dict[str, FormatScanner] = {
     "numpy": numpy_files.scan_npy,
     "safetensors": safetensors.scan_safetensors,
     "gguf": gguf.scan_gguf,
-    "onnx": onnx.scan_onnx,
+    "onnx": lambda data, ctx: onnx.scan_onnx(data, ctx, base_dir=ctx.base_dir),
     "json": keras.scan_json,
     "hdf5": keras.scan_hdf5,
     "7z": _unsupported("7z archives are not supported"),
@@ -66,14 +66,11 @@ SCANNERS: dict[str, FormatScanner] = {
 }
 
 
-def dispatch(data: memoryview, ctx: ScanContext, base_dir: Path | None = None) -> str:
+def dispatch(data: memoryview, ctx: ScanContext) -> str:
     """Sniff `data`, run its format's scanner and check the name's extension; returns the format."""
     fmt = sniff(data)
     try:
-        if fmt == "onnx":
-            refined = onnx.scan_onnx(data, ctx, base_dir=base_dir)
-        else:
-            refined = SCANNERS[fmt](data, ctx)
+        refined = SCANNERS[fmt](data, ctx)
         fmt = refined or fmt
     except Unparseable as error:
         ctx.add("AISEC-SC-001", f"{fmt}: {error}", error.offset)
@@ -147,9 +144,14 @@ def _scan_mapped(
     view = memoryview(mapped)
     try:
         ctx = ScanContext(
-            location=label, budget=Budget(limits), findings=findings, dispatch=dispatch, name=path.name
+            location=label,
+            budget=Budget(limits),
+            findings=findings,
+            dispatch=dispatch,
+            name=path.name,
+            base_dir=path.parent,
         )
-        fmt = dispatch(view, ctx, base_dir=path.parent)
+        fmt = dispatch(view, ctx)
     finally:
         if hash_content:
             hasher.join()

@@ -63,7 +63,7 @@ _UNSAFE_KERAS: dict[str, str] = {
     "set_global_attribute": "can set Keras's `safe_mode_saving` flag, turning safe mode off (CVE-2025-9906)",
     "get_file": "downloads a URL and writes or extracts it on disk (CVE-2025-8747)",
     "load_model": "loads another model, which may carry code and turn safe mode off (CVE-2025-9906)",
-    "TorchModuleWrapper": "unpickles a torch module with torch.load(weights_only=False) (CVE-2025-49655)",
+    "TorchModuleWrapper": "unpickles a torch module with torch.load(weights_only=False) (CVE-2025-49655)",  # trusted: a message, not a call
     "TFSMLayer": "loads and runs a TensorFlow SavedModel from a path in the config (CVE-2026-1462)",
     "func_load": "unmarshals Python bytecode (CVE-2024-3660)",
 }

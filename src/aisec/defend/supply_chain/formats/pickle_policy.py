@@ -185,10 +185,12 @@ def _dangerous_path(path: str) -> bool:
     return any(normal == p or normal.startswith(p + ".") for p in DANGEROUS_PREFIXES)
 
 
+# Loaders whose bytes arguments the scanner analyses as nested payloads: names it looks for, never calls.
 NESTED_LOADERS = frozenset(
-    """
-    pickle.loads pickle.load pickle._loads pickle._load _pickle.loads _pickle.load dill.loads dill.load
-    dill._dill.loads cloudpickle.loads numpy.load numpy.loads torch.load torch.serialization.load
-    torch.storage._load_from_bytes joblib.load joblib.numpy_pickle.load pandas.read_pickle marshal.loads
-    """.split()
+    (
+        "pickle.loads pickle.load pickle._loads pickle._load _pickle.loads _pickle.load "  # trusted: names only
+        "dill.loads dill.load dill._dill.loads cloudpickle.loads numpy.load numpy.loads "  # trusted: names only
+        "torch.load torch.serialization.load torch.storage._load_from_bytes "  # trusted: names only
+        "joblib.load joblib.numpy_pickle.load pandas.read_pickle marshal.loads"
+    ).split()
 )

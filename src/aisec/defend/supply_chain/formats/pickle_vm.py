@@ -121,8 +121,20 @@ _UNPACK_Q = struct.Struct("<Q").unpack_from
 _UNPACK_I4 = struct.Struct("<I").unpack_from
 _UNPACK_D = struct.Struct(">d").unpack_from
 
-# The opcodes, by byte. Protocol 0-5 (Lib/pickletools.py documents each).
 _PROTOCOL_MAX = 5
+# Opcodes with a fixed-size little-endian integer argument (a value, or the length of the bytes that follow):
+# the argument's struct, per Lib/pickletools.py.
+_INT_ARG = {
+    op: struct.Struct(fmt)
+    for fmt, ops in {
+        "<B": (0x68, 0x43, 0x55, 0x8A, 0x82),  # BINGET, SHORT_BINBYTES, SHORT_BINSTRING, LONG1, EXT1
+        "<H": (0x83,),  # EXT2
+        "<I": (0x6A, 0x58, 0x42),  # LONG_BINGET, BINUNICODE, BINBYTES
+        "<i": (0x54, 0x8B, 0x84),  # BINSTRING, LONG4, EXT4 (signed: CPython refuses negative lengths)
+        "<Q": (0x8D, 0x8E, 0x96),  # BINUNICODE8, BINBYTES8, BYTEARRAY8
+    }.items()
+    for op in ops
+}
 
 
 def simulate(
@@ -152,6 +164,12 @@ def simulate(
             raise Unparseable("pickle data was truncated", at)
         if at < frame_end < at + k:
             raise Unparseable("pickle exhausted before end of frame", at)
+
+    def int_arg(op: int, at: int) -> tuple[int, int]:
+        """The opcode's integer argument at `at`, and the position after it."""
+        arg = _INT_ARG[op]
+        need(arg.size, at)
+        return arg.unpack_from(data, at)[0], at + arg.size
 
     def readline(at: int) -> tuple[bytes, int]:
         end = _find_newline(data, at)
@@ -225,10 +243,7 @@ def simulate(
             memo[_UNPACK_I4(data, pos)[0]] = top(at)
             pos += 4
         elif op == 0x68 or op == 0x6A:  # BINGET, LONG_BINGET
-            width = 1 if op == 0x68 else 4
-            need(width, pos)
-            key = data[pos] if width == 1 else _UNPACK_I4(data, pos)[0]
-            pos += width
+            key, pos = int_arg(op, pos)
             if key not in memo:
                 raise Unparseable(f"memo value not found at key {key}", at)
             stack.append(memo[key])
@@ -251,32 +266,19 @@ def simulate(
             stack.append(_utf8(data, pos + 1, k, at))
             pos += 1 + k
         elif op == 0x58 or op == 0x8D:  # BINUNICODE, BINUNICODE8
-            width = 4 if op == 0x58 else 8
-            need(width, pos)
-            k = _UNPACK_I4(data, pos)[0] if width == 4 else _UNPACK_Q(data, pos)[0]
-            pos += width
+            k, pos = int_arg(op, pos)
             need(k, pos)
             stack.append(Blob(pos, k, "str") if k > _MAX_STR else _utf8(data, pos, k, at))
             pos += k
         elif op in (0x43, 0x42, 0x8E, 0x96):  # SHORT_BINBYTES, BINBYTES, BINBYTES8, BYTEARRAY8
-            width = {0x43: 1, 0x42: 4, 0x8E: 8, 0x96: 8}[op]
-            need(width, pos)
-            k = (
-                data[pos]
-                if width == 1
-                else (_UNPACK_I4(data, pos)[0] if width == 4 else _UNPACK_Q(data, pos)[0])
-            )
-            pos += width
+            k, pos = int_arg(op, pos)
             need(k, pos)
             stack.append(Blob(pos, k))
             pos += k
         elif op == 0x55 or op == 0x54:  # SHORT_BINSTRING, BINSTRING (Python 2 str)
-            width = 1 if op == 0x55 else 4
-            need(width, pos)
-            k = data[pos] if width == 1 else _UNPACK_I(data, pos)[0]
+            k, pos = int_arg(op, pos)
             if k < 0:
                 raise Unparseable("BINSTRING pickle has negative byte count", at)
-            pos += width
             need(k, pos)
             # Python 2 str: decoded as latin-1, a superset of the ASCII the default unpickler accepts.
             push_text(data[pos : pos + k], pos)
@@ -294,12 +296,9 @@ def simulate(
             stack.append(_UNPACK_I(data, pos)[0])
             pos += 4
         elif op == 0x8A or op == 0x8B:  # LONG1, LONG4
-            width = 1 if op == 0x8A else 4
-            need(width, pos)
-            k = data[pos] if width == 1 else _UNPACK_I(data, pos)[0]
+            k, pos = int_arg(op, pos)
             if k < 0:
                 raise Unparseable("LONG pickle has negative byte count", at)
-            pos += width
             need(k, pos)
             stack.append(int.from_bytes(data[pos : pos + k], "little", signed=True) if k <= 64 else UNKNOWN)
             pos += k
@@ -390,14 +389,7 @@ def simulate(
                 resolved = observer.on_dynamic_global(module, name, at)
                 stack.append(UNKNOWN if resolved is None else resolved)
         elif op in (0x82, 0x83, 0x84):  # EXT1, EXT2, EXT4
-            width = {0x82: 1, 0x83: 2, 0x84: 4}[op]
-            need(width, pos)
-            code = (
-                data[pos]
-                if width == 1
-                else (_UNPACK_H(data, pos)[0] if width == 2 else _UNPACK_I(data, pos)[0])
-            )
-            pos += width
+            code, pos = int_arg(op, pos)
             observer.on_extension(code, at)
             stack.append(UNKNOWN)
         elif op == 0x52:  # REDUCE
