@@ -50,6 +50,7 @@ test-all: $(STAMP)
 bench: $(VENV)/.aisec-bench
 	$(BIN)/python bench/evasion.py
 	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/privacy.py
 
 $(VENV)/.aisec-fuzz: $(STAMP)
 	$(PIP) install --quiet -c $(CONSTRAINTS) atheris
