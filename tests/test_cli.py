@@ -29,6 +29,8 @@ def write_plan(workdir, name, **changes):
     plan["threat_model"].update(budgets=[0.05, 0.2], query_budget=300)
     plan["probes"] = copy.deepcopy(FAST)
     plan["policy"] = {"min_robust_accuracy": {0.05: 0.5}}
+    plan.pop("training")
+    plan.pop("defences")
     for section, value in changes.items():
         if isinstance(value, dict) and isinstance(plan.get(section), dict):
             plan[section].update(value)

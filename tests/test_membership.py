@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from membership_split import MEMBERS, NON_MEMBERS, SPEC, membership_split, mlp
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 from torch import nn
@@ -36,33 +37,21 @@ from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import digits_cnn, train_classifier
 from aisec.errors import BadInputError, CapabilityError
-from aisec.targets.base import InputSpec
 from aisec.targets.callable_target import CallableTarget
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
 
 torch.set_num_threads(1)
-SPEC = InputSpec((1, 8, 8), 10)
-MEMBERS, NON_MEMBERS, SHADOWS = 200, 1000, 64
+SHADOWS = 64
 FIT = functools.partial(train_classifier, epochs=100)
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
 
 
 class Setting:
     """The victim, the records under attack with their truth, the population and the shadow models."""
 
     def __init__(self) -> None:
-        split = load_builtin("digits", seed=0)
-        x_all, y_all = torch.cat([split.train.x, split.test.x]), torch.cat([split.train.y, split.test.y])
-        order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(0))
-        x_all, y_all = x_all[order], y_all[order]
-        n = MEMBERS + NON_MEMBERS
-        self.x, self.y = x_all[:n], y_all[:n]
-        self.members = torch.arange(n) < MEMBERS
-        self.population = LabelledData(x_all[n:], y_all[n:], "population")
+        split = membership_split()
+        self.x, self.y, self.members, self.population = split.x, split.y, split.members, split.population
         torch.manual_seed(12345)
         self.victim = FIT(mlp(), LabelledData(self.x[:MEMBERS], self.y[:MEMBERS]), seed=12345)
         start = time.perf_counter()

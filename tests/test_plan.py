@@ -70,3 +70,60 @@ def test_unreadable_plans(tmp_path):
         load_plan(write(tmp_path, "- a\n- b\n"))
     with pytest.raises(PlanError, match="cannot read"):
         load_plan(tmp_path / "missing.yaml")
+
+
+PRIVACY = GOOD.replace(
+    "policy:",
+    """  membership: {}
+training:
+  data: {builtin: digits, split: train}
+  recipe: aisec.demo.models:train_classifier
+  recipe_args: {epochs: 5}
+defences:
+  output_hardening: [{top_k: 1}, {label_only: true}]
+  dp_training: {target_epsilon: 4}
+policy:""",
+)
+
+
+def test_privacy_plan_loads_with_training_and_defences(tmp_path):
+    plan, _ = load_plan(write(tmp_path, PRIVACY))
+    assert plan.training.recipe_args == {"epochs": 5}
+    assert plan.training.data.split == "train"
+    assert [h.label_only for h in plan.defences.output_hardening] == [False, True]
+    assert plan.defences.dp_training.target_epsilon == 4
+
+
+@pytest.mark.parametrize(
+    "old,new,expected",
+    [
+        (
+            "training:\n  data: {builtin: digits, split: train}\n",
+            "unused:\n  data: {}\n",
+            r"unused: Extra inputs",
+        ),
+        ("  recipe: aisec.demo.models:train_classifier\n", "", r"lira, rmia train models like yours"),
+        ("  membership: {}\n", "", r"dp_training is measured by probes.membership"),
+        ("  membership: {}\n", "  membership: {attacks: [loss]}\n", None),
+        ("kind: torch", "kind: onnx", r"need a torch target"),
+        ("{target_epsilon: 4}", "{target_epsilon: 0}", r"defences.dp_training.target_epsilon"),
+        ("[{top_k: 1}, ", "[{top_k: 0}, ", r"defences.output_hardening.0.top_k"),
+        ("  membership: {}\n", "  membership: {attacks: [lira], shadows: 2}\n", r"probes.membership.shadows"),
+    ],
+)
+def test_bad_privacy_plans(tmp_path, old, new, expected):
+    assert old in PRIVACY
+    text = PRIVACY.replace(old, new)
+    if "kind: onnx" in text:
+        text = text.replace("  factory: aisec.demo.models:digits_cnn\n", "")
+    if expected is None:
+        load_plan(write(tmp_path, text))
+        return
+    with pytest.raises(PlanError, match=expected):
+        load_plan(write(tmp_path, text))
+
+
+def test_membership_without_training_data(tmp_path):
+    text = GOOD.replace("policy:", "  membership: {attacks: [loss]}\npolicy:")
+    with pytest.raises(PlanError, match="need `training.data`"):
+        load_plan(write(tmp_path, text))

@@ -22,7 +22,9 @@ from aisec.assess.finding import (
     Estimate,
     Example,
     Finding,
+    Gallery,
     Metric,
+    Picture,
     PolicyCheck,
     Provenance,
     Series,
@@ -113,6 +115,11 @@ def make_assessment() -> Assessment:
         recommendation="Regularise the model.",
         provenance=provenance,
         metrics=(Metric("AUC", 0.61),),
+        galleries=(
+            Gallery(
+                "Reconstructions", (Picture(f"class 3 {MALICIOUS}", ORIGINAL, (("confidence", "97.0%"),)),)
+            ),
+        ),
         reliable=False,
     )
     subject = SubjectInfo(
@@ -391,7 +398,10 @@ def test_html_shows_figures_charts_examples_and_escapes(reports: dict[str, Path]
     assert len(charts) == 2
     assert all(b"<svg" in base64.b64decode(chart) for chart in charts)
     images = re.findall(r'<img src="data:image/png;base64,', page)
-    assert len(images) == 3 * 2  # original, adversarial and difference of each example
+    assert (
+        len(images) == 3 * 2 + 1
+    )  # original, adversarial and difference of each example; one gallery picture
+    assert "Reconstructions" in page and "confidence: 97.0%" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script" not in page
     assert not re.search(r'(?:src|href)="(?!data:|#)', page), "the page must not load anything"

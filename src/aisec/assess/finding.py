@@ -83,6 +83,22 @@ class Example:
 
 
 @dataclass(frozen=True)
+class Picture:
+    """One image with a caption and short facts (e.g. a reconstructed class beside its real examples);
+    pixels as nested lists (H, W) or (H, W, C) in [0, 1]."""
+
+    caption: str
+    image: list[Any]
+    facts: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Gallery:
+    title: str
+    pictures: tuple[Picture, ...]
+
+
+@dataclass(frozen=True)
 class Table:
     title: str
     columns: tuple[str, ...]
@@ -131,6 +147,7 @@ class Finding:
     tables: tuple[Table, ...] = ()
     charts: tuple[Chart, ...] = ()
     examples: tuple[Example, ...] = ()
+    galleries: tuple[Gallery, ...] = ()
     policy: tuple[PolicyCheck, ...] = ()
     reliable: bool = True
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from aisec.assess.threat_model import ThreatModel
 from aisec.attacks.evasion.registry import ATTACK_NAMES
 from aisec.errors import PlanError
+from aisec.targets.base import Access
 
 
 class _Section(BaseModel):
@@ -85,14 +86,89 @@ class EvasionProbeSection(_Section):
         return attacks
 
 
+class ExtractionProbeSection(_Section):
+    """Stealing a working copy: a surrogate trained on the target's answers, and for linear scikit-learn models
+    equation solving (docs/privacy.md)."""
+
+    query_budget: int = Field(2000, gt=0, description="queries the attacker may make in all")
+    strategies: tuple[Literal["natural", "synthetic", "active"], ...] = Field(
+        ("natural", "active"), min_length=1
+    )
+    transfer: bool = Field(
+        True, description="measure whether PGD examples made on the surrogate fool the target"
+    )
+
+
+class InversionProbeSection(_Section):
+    """Class-representative reconstruction (Fredrikson et al. 2015)."""
+
+    classes: tuple[int, ...] | None = Field(None, description="classes to reconstruct; default all")
+    steps: int = Field(300, gt=0)
+    query_budget: int = Field(
+        40_000, gt=0, description="score-only attacker: queries for all classes together"
+    )
+
+
+class MembershipProbeSection(_Section):
+    """Was a record in the training set? Needs `training.data`; LiRA and RMIA also `training.recipe`."""
+
+    attacks: tuple[Literal["loss", "lira", "rmia", "gap", "noise"], ...] | None = Field(
+        None,
+        min_length=1,
+        description="default: loss, lira and rmia for an attacker with scores, gap and noise with labels only",
+    )
+    records: int = Field(200, gt=0, description="members under attack, and as many non-members from `data`")
+    shadows: int = Field(16, ge=4, description="shadow models (LiRA, RMIA)")
+    workers: int = Field(1, ge=1, description="processes training shadow models")
+
+
 class ProbesSection(_Section):
     evasion: EvasionProbeSection | None = None
+    extraction: ExtractionProbeSection | None = None
+    inversion: InversionProbeSection | None = None
+    membership: MembershipProbeSection | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> ProbesSection:
-        if self.evasion is None:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
             raise ValueError("enable at least one probe (e.g. `evasion: {}`)")
         return self
+
+
+class TrainingSection(_Section):
+    """How the model was trained: its training set (the members, for membership inference) and the recipe
+    `package.module:function`, called as fit(model, data, seed=..., **recipe_args) -> model, that shadow
+    models are trained with."""
+
+    data: DataSection
+    recipe: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    recipe_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutputHardeningSection(_Section):
+    """One served-API variant to re-run the privacy probes against (aisec.defend.output_hardening)."""
+
+    top_k: int | None = Field(None, ge=1)
+    decimals: int | None = Field(None, ge=0, le=15)
+    label_only: bool = False
+
+
+class DPTrainingSection(_Section):
+    """Retrain the model with DP-SGD (aisec.defend.privacy.dp_training) and re-run membership inference."""
+
+    target_epsilon: float = Field(gt=0)
+    delta: float | None = Field(None, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class DefencesSection(_Section):
+    """Controls whose effect the privacy probes measure, each beside the undefended model."""
+
+    output_hardening: tuple[OutputHardeningSection, ...] = ()
+    dp_training: DPTrainingSection | None = None
 
 
 class PolicySection(_Section):
@@ -104,6 +180,12 @@ class PolicySection(_Section):
     )
     fail_on_unreliable: bool = Field(
         True, description="fail when a masking check makes the figures unreliable"
+    )
+    max_membership_auc: float | None = Field(
+        None, ge=0.5, le=1, description="fail when a membership attack's ROC AUC exceeds this"
+    )
+    max_extraction_agreement: float | None = Field(
+        None, ge=0, le=1, description="fail when a surrogate agrees with the model on more than this share"
     )
 
     @field_validator("min_robust_accuracy")
@@ -122,6 +204,8 @@ class Plan(_Section):
     data: DataSection
     threat_model: ThreatModel = ThreatModel()
     probes: ProbesSection
+    training: TrainingSection | None = None
+    defences: DefencesSection = DefencesSection()
     policy: PolicySection = PolicySection()
 
     @model_validator(mode="after")
@@ -131,6 +215,31 @@ class Plan(_Section):
             raise ValueError(
                 f"policy.min_robust_accuracy names budgets {missing} that threat_model.budgets does not assess"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_needs(self) -> Plan:
+        membership, dp = self.probes.membership, self.defences.dp_training
+        if (membership is not None or dp is not None) and self.training is None:
+            raise ValueError(
+                "probes.membership and defences.dp_training need `training.data`, the model's training set"
+            )
+        attacks: tuple[str, ...] = ()
+        if membership is not None:
+            by_default = ("lira", "rmia") if self.threat_model.knowledge is not Access.LABELS else ()
+            attacks = by_default if membership.attacks is None else membership.attacks
+        shadow_attacks = {"lira", "rmia"} & set(attacks)
+        if (shadow_attacks or dp is not None) and (self.training is None or self.training.recipe is None):
+            needs = ", ".join(sorted(shadow_attacks)) or "defences.dp_training"
+            raise ValueError(
+                f"{needs} train models like yours: give `training.recipe: package.module:function`"
+            )
+        if (shadow_attacks or dp is not None) and self.target.kind != "torch":
+            raise ValueError(
+                "shadow models and DP-SGD retrain the model: they need a torch target with `factory`"
+            )
+        if dp is not None and membership is None:
+            raise ValueError("defences.dp_training is measured by probes.membership: enable it")
         return self
 
 
@@ -166,10 +275,17 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
     plan = plan.model_copy(
         update={
             "target": plan.target.model_copy(update={"path": base / plan.target.path}),
-            "data": plan.data.model_copy(update={"path": base / plan.data.path if plan.data.path else None}),
+            "data": _resolved(plan.data, base),
+            "training": plan.training.model_copy(update={"data": _resolved(plan.training.data, base)})
+            if plan.training
+            else None,
         }
     )
     return plan, hashlib.sha256(raw).hexdigest()
+
+
+def _resolved(section: DataSection, base: Path) -> DataSection:
+    return section.model_copy(update={"path": base / section.path if section.path else None})
 
 
 def _line_of(node: Any, loc: tuple[Any, ...]) -> int:

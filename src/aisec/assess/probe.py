@@ -1,19 +1,34 @@
-"""A probe turns an attack's results into findings; it writes nothing (the report layer does)."""
+"""A probe turns an attack's results into findings; it writes nothing (the report layer does).
+
+The runner calls every probe's `check` before any probe's `run`, so that a plan one probe cannot carry out
+(missing access, a query budget below what its attack needs) fails before any work is spent.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aisec.assess.progress import NullProgress, Progress
 
 if TYPE_CHECKING:
     from aisec.assess.finding import Finding
-    from aisec.assess.plan import PolicySection
+    from aisec.assess.plan import DefencesSection, PolicySection
     from aisec.assess.threat_model import ThreatModel
     from aisec.attacks import AttackClass
     from aisec.data.dataset import LabelledData
     from aisec.targets.base import Target
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the model was trained, as far as the plan tells: its training set, and for retraining (shadow
+    models, DP-SGD) a function building an untrained model and the recipe fit(model, data, seed=...)."""
+
+    data: LabelledData
+    model_fn: Callable[[], Any] | None = None
+    fit: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -27,10 +42,15 @@ class AssessmentContext:
     seed: int = 0
     model_sha256: str | None = None
     progress: Progress = field(default_factory=NullProgress)
+    training: Training | None = None
+    defences: DefencesSection | None = None
 
 
 class Probe(Protocol):
     attack_class: AttackClass
     name: str
+
+    def check(self, context: AssessmentContext) -> None:
+        """Raise a BadInputError if the probe cannot run in this context; spend nothing."""
 
     def run(self, context: AssessmentContext) -> list[Finding]: ...

@@ -1,4 +1,4 @@
-"""Runs probes over a target and data and collects their findings into an Assessment (in-process executor)."""
+"""Runs probes over a target and data and collects their findings into an Assessment."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from aisec import __version__
 from aisec.assess.finding import Assessment, SubjectInfo
-from aisec.assess.plan import Plan, PolicySection, ProbesSection
-from aisec.assess.probe import AssessmentContext, Probe
+from aisec.assess.plan import DefencesSection, Plan, PolicySection, ProbesSection
+from aisec.assess.probe import AssessmentContext, Probe, Training
 from aisec.assess.progress import NullProgress, Progress
 from aisec.assess.threat_model import ThreatModel
 from aisec.data.dataset import LabelledData, check_labels
@@ -19,8 +19,17 @@ from aisec.targets.base import Target
 def build_probes(probes: ProbesSection) -> list[Probe]:
     """The probes a plan enables, in a fixed order."""
     from aisec.assess.probes.evasion import EvasionProbe
+    from aisec.assess.probes.extraction import ExtractionProbe
+    from aisec.assess.probes.inversion import InversionProbe
+    from aisec.assess.probes.membership import MembershipProbe
 
-    return [EvasionProbe(probes.evasion)] if probes.evasion is not None else []
+    built: list[Probe | None] = [
+        probes.evasion and EvasionProbe(probes.evasion),
+        probes.extraction and ExtractionProbe(probes.extraction),
+        probes.inversion and InversionProbe(probes.inversion),
+        probes.membership and MembershipProbe(probes.membership),
+    ]
+    return [probe for probe in built if probe is not None]
 
 
 def run_assessment(
@@ -31,6 +40,8 @@ def run_assessment(
     threat_model: ThreatModel | None = None,
     policy: PolicySection | None = None,
     seed: int = 0,
+    training: Training | None = None,
+    defences: DefencesSection | None = None,
     name: str = "assessment",
     model_source: str | None = None,
     model_sha256: str | None = None,
@@ -38,10 +49,12 @@ def run_assessment(
 ) -> Assessment:
     """Check the data against the model's input spec, run every probe, and return the assessment.
 
-    The data is validated before any attack runs, so bad input fails fast and nothing is spent on it.
+    The data is validated, and every probe checks that it can run, before any attack runs: bad input fails
+    fast and nothing is spent on it.
     """
-    target.spec.check(data.x, what=data.name)
-    check_labels(data, target.spec.num_classes)
+    for labelled in (data, training.data) if training is not None else (data,):
+        target.spec.check(labelled.x, what=labelled.name)
+        check_labels(labelled, target.spec.num_classes)
     context = AssessmentContext(
         target=target,
         data=data,
@@ -50,10 +63,15 @@ def run_assessment(
         seed=seed,
         model_sha256=model_sha256,
         progress=progress or NullProgress(),
+        training=training,
+        defences=defences,
     )
+    enabled = build_probes(probes)
+    for probe in enabled:
+        probe.check(context)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    findings = [f for probe in build_probes(probes) for f in probe.run(context)]
+    findings = [f for probe in enabled for f in probe.run(context)]
     return Assessment(
         name=name,
         tool_version=__version__,
@@ -90,6 +108,7 @@ def run_plan(
 
     target, digest = load_target(plan.target)
     data = load_data(plan.data, seed=plan.seed)
+    training = _training(plan)
     assessment = run_assessment(
         target,
         data,
@@ -97,6 +116,8 @@ def run_plan(
         threat_model=plan.threat_model,
         policy=plan.policy,
         seed=plan.seed,
+        training=training,
+        defences=plan.defences,
         name=plan.name,
         model_source=str(plan.target.path),
         model_sha256=digest,
@@ -104,4 +125,25 @@ def run_plan(
     )
     return dataclasses.replace(
         assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+    )
+
+
+def _training(plan: Plan) -> Training | None:
+    """The plan's `training` section with its data loaded and its functions imported."""
+    import functools
+
+    from aisec.data.loading import load_data
+    from aisec.user_code import import_callable
+
+    section = plan.training
+    if section is None:
+        return None
+    fit = None
+    if section.recipe is not None:
+        fit = functools.partial(import_callable(section.recipe, "training.recipe"), **section.recipe_args)
+    factory = plan.target.factory
+    return Training(
+        data=load_data(section.data, seed=plan.seed),
+        model_fn=import_callable(factory, "target.factory") if factory else None,
+        fit=fit,
     )

@@ -44,9 +44,13 @@ class HardenedTarget(Target):
         return self.inner.device
 
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.answer(self.inner.probabilities(x))
+
+    def answer(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """What the API returns for the model's `probabilities` (n, classes): an attacker who knows the API
+        applies the same to its own models' outputs (e.g. shadow models)."""
         import torch
 
-        probabilities = self.inner.probabilities(x)
         if self.top_k is not None and self.top_k < probabilities.shape[1]:
             kept = probabilities.topk(self.top_k, dim=1).indices
             mask = torch.zeros_like(probabilities, dtype=torch.bool).scatter_(1, kept, True)
@@ -58,10 +62,15 @@ class HardenedTarget(Target):
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner.labels(x)
 
-    def describe(self) -> str:
+    @property
+    def variant(self) -> str:
+        """The hardening in words, e.g. "top-1, 2 decimals"."""
         parts = [f"top-{self.top_k}" if self.top_k else "", f"{self.decimals} decimals" if self.decimals is not None
                  else "", "labels only" if self.access is Access.LABELS else ""]  # fmt: skip
-        return f"{self.inner.describe()} hardened ({', '.join(p for p in parts if p) or 'unchanged'})"
+        return ", ".join(p for p in parts if p) or "unchanged"
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} hardened ({self.variant})"
 
 
 def harden(target: Target, *, top_k: int | None = None, decimals: int | None = None,

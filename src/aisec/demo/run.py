@@ -1,4 +1,8 @@
-"""`aisec demo`: train the digits CNN, write a plan for it, assess it through that plan, write the report."""
+"""`aisec demo`: train the digits CNN, write a plan for it, assess it through that plan, write the report.
+
+The plan runs every probe: evasion, extraction, inversion and membership inference, with output hardening and
+DP-SGD measured beside the model as served.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from aisec.assess.finding import Assessment
 from aisec.assess.progress import Progress
 
 DEMO_PLAN = {
-    "name": "Demo: digits CNN under evasion",
+    "name": "Demo: digits CNN under evasion, extraction, inversion and membership inference",
     "seed": 0,
     "target": {
         "kind": "torch",
@@ -25,8 +29,28 @@ DEMO_PLAN = {
         "budgets": [0.03, 0.05, 0.1, 0.15, 0.2],
         "query_budget": 5000,
     },
-    "probes": {"evasion": {"examples": 6}},
-    "policy": {"min_clean_accuracy": 0.95, "min_robust_accuracy": {0.05: 0.5}},
+    "probes": {
+        "evasion": {"examples": 6},
+        "extraction": {"query_budget": 1000},
+        "inversion": {},
+        "membership": {"records": 200, "shadows": 16},
+    },
+    # The model's training set and recipe: the members for membership inference, the recipe for shadow models.
+    "training": {
+        "data": {"builtin": "digits", "split": "train"},
+        "recipe": "aisec.demo.models:train_classifier",
+    },
+    # Controls the privacy probes measure beside the model as served.
+    "defences": {
+        "output_hardening": [{"top_k": 1, "decimals": 2}, {"label_only": True}],
+        "dp_training": {"target_epsilon": 4.0, "epochs": 20, "lr": 0.05, "batch_size": 128},
+    },
+    "policy": {
+        "min_clean_accuracy": 0.95,
+        "min_robust_accuracy": {0.05: 0.5},
+        "max_membership_auc": 0.6,
+        "max_extraction_agreement": 0.95,
+    },
 }
 
 

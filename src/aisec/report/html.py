@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from aisec.assess.finding import Assessment, Chart, Estimate, Example, Finding, Metric, Severity
+from aisec.assess.finding import Assessment, Chart, Estimate, Example, Finding, Metric, Picture, Severity
 from aisec.report.json_report import SCHEMA_ID, jsonable
 
 # Colour-blind-safe palette (Okabe and Ito) for chart series.
@@ -49,12 +49,19 @@ class _ExampleView:
 
 
 @dataclass(frozen=True)
+class _GalleryView:
+    title: str
+    pictures: list[tuple[Picture, str]]  # (picture, PNG data: URI)
+
+
+@dataclass(frozen=True)
 class _FindingView:
     finding: Finding
     anchor: str
     charts: list[tuple[Chart, str]]  # (chart, SVG data: URI)
     banded: bool  # some series is drawn with a band
     examples: list[_ExampleView]
+    galleries: list[_GalleryView]
 
 
 def render_html(assessment: Assessment) -> str:
@@ -67,6 +74,10 @@ def render_html(assessment: Assessment) -> str:
             charts=[(chart, _chart_uri(chart)) for chart in f.charts],
             banded=any(s.lower is not None and s.upper is not None for c in f.charts for s in c.series),
             examples=[_example_view(example) for example in f.examples],
+            galleries=[
+                _GalleryView(g.title, [(p, _png_uri(_image(p.image, p.caption))) for p in g.pictures])
+                for g in f.galleries
+            ],
         )
         for number, f in enumerate(ordered, start=1)
     ]

@@ -10,12 +10,12 @@ unpickler that can import nothing outside the scanner's allow list.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aisec.errors import ModelLoadError
 from aisec.targets.base import InputSpec, Target
+from aisec.user_code import import_callable
 
 if TYPE_CHECKING:
     from aisec.assess.plan import TargetSection
@@ -62,12 +62,7 @@ def _load_torch(path: Path, spec: InputSpec, factory: str, device: str) -> Targe
 
     from aisec.targets.torch_target import TorchTarget
 
-    module_name, _, attr = factory.partition(":")
-    try:
-        build = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ModelLoadError(f"target.factory {factory!r} cannot be imported: {e}") from None
-    module = build()
+    module = import_callable(factory, "target.factory")()
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(
             f"target.factory {factory!r} returned {type(module).__name__}, not a torch nn.Module"

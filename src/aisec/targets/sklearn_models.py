@@ -58,7 +58,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 # Classifiers whose decision function is x @ coef_.T + intercept_ and whose prediction is its argmax (its
 # sign when binary). Exact types only: a subclass may change either.
-_LINEAR = (
+LINEAR_CLASSIFIERS = (
     LogisticRegression,
     LogisticRegressionCV,
     LinearSVC,
@@ -274,7 +274,7 @@ def _classifier_layers(classifier: Any) -> tuple[Layers, str, bool] | None:
             for w, b in zip(classifier.coefs_, classifier.intercepts_, strict=True)
         ]
         return layers, classifier.activation, binary
-    if type(classifier) in _LINEAR:
+    if type(classifier) in LINEAR_CLASSIFIERS:
         coef = classifier.coef_
         coef = np.atleast_2d(np.asarray(coef.toarray() if sparse.issparse(coef) else coef, np.float64))
         intercept = np.broadcast_to(np.asarray(classifier.intercept_, np.float64), coef.shape[:1])

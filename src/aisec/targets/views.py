@@ -1,4 +1,4 @@
-"""Restricted views of a target: what a weaker attacker sees of the same model."""
+"""Views of a target: what a weaker attacker sees of the same model, and a log of what a client asked."""
 
 from __future__ import annotations
 
@@ -46,3 +46,36 @@ def label_only(target: Target) -> RestrictedView:
 def scores_only(target: Target) -> RestrictedView:
     """The score-only view of a target: no gradients, even for a torch model."""
     return RestrictedView(target, Access.SCORES)
+
+
+class QueryLog(Target):
+    """The same target, recording every query and the label it answered (the class with the top score when
+    it answered scores), in order, as a server's query log would: the input of extraction detectors."""
+
+    def __init__(self, inner: Target) -> None:
+        super().__init__(inner.spec, inner.access)
+        self.inner = inner
+        self.score_kind = inner.score_kind
+        self.inputs: list[torch.Tensor] = []
+        self.answers: list[torch.Tensor] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.inner.device
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.inner.scores(x)
+        self._record(x, scores.argmax(1))
+        return scores
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        labels = self.inner.labels(x)
+        self._record(x, labels)
+        return labels
+
+    def _record(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        self.inputs.append(x.detach().flatten(1).cpu())
+        self.answers.append(labels.detach().cpu())
+
+    def describe(self) -> str:
+        return self.inner.describe()

@@ -24,6 +24,7 @@ from aisec.assess.finding import (
     Severity,
     Table,
 )
+from aisec.assess.images import is_image, pixels
 from aisec.assess.masking import MaskingCheck, run_checks
 from aisec.assess.plan import EvasionProbeSection, PolicySection
 from aisec.assess.probe import AssessmentContext
@@ -47,16 +48,20 @@ class EvasionProbe:
     attack_class: AttackClass = AttackClass.EVASION
     name: str = "evasion"
 
-    def run(self, context: AssessmentContext) -> list[Finding]:
-        tm = context.threat_model
-        target, knowledge_note = attacker_view(context.target, tm.knowledge)
-        attacks = self.config.attacks or STRONGEST[target.access]
-        for name in attacks:
+    def check(self, context: AssessmentContext) -> None:
+        target, _ = attacker_view(context.target, context.threat_model.knowledge)
+        for name in self.config.attacks or STRONGEST[target.access]:
             if not target.access.allows(ATTACKS[name].needs):
                 raise CapabilityError(
                     f"probes.evasion.attacks: {name} needs {ATTACKS[name].needs.value} access, but the attacker "
                     f"has {target.access.value}"
                 )
+
+    def run(self, context: AssessmentContext) -> list[Finding]:
+        self.check(context)
+        tm = context.threat_model
+        target, knowledge_note = attacker_view(context.target, tm.knowledge)
+        attacks = self.config.attacks or STRONGEST[target.access]
         x, y = context.data.x.to(target.device), context.data.y.to(target.device)
         generator = torch.Generator(device=target.device).manual_seed(context.seed)
         queries_before = context.target.queries.total
@@ -348,9 +353,7 @@ def _examples(
     target: Target, x: torch.Tensor, y: torch.Tensor, cascade: CascadeResult, count: int
 ) -> list[Example]:
     """Up to `count` samples fooled at the smallest budget where any was, as images when the input is one."""
-    shape = tuple(x.shape[1:])
-    is_image = len(shape) == 3 and shape[0] in (1, 3) or len(shape) == 2
-    if count == 0 or not is_image:
+    if count == 0 or not is_image(tuple(x.shape[1:])):
         return []
     outcome = next((o for o in cascade.outcomes if (o.broken_by >= 0).any()), None)
     if outcome is None:
@@ -362,18 +365,12 @@ def _examples(
     from aisec.attacks.evasion.norms import batch_norm
 
     norms = batch_norm(outcome.x_adv[idx] - x[idx], cascade.norm)
-    lo, hi = target.spec.bounds(x)
-
-    def image(t: torch.Tensor) -> list:
-        t = ((t - lo) / (hi - lo)).clamp(0, 1) if lo.dim() == 0 else t
-        t = t[0] if t.dim() == 3 and t.shape[0] == 1 else t.permute(1, 2, 0) if t.dim() == 3 else t
-        return t.detach().cpu().tolist()
 
     return [
         Example(
             caption=f"sample {int(i)} at eps={outcome.eps:g} ({cascade.attacks[int(outcome.broken_by[i])]})",
-            original=image(x[i]),
-            adversarial=image(outcome.x_adv[i]),
+            original=pixels(x[i], target.spec),
+            adversarial=pixels(outcome.x_adv[i], target.spec),
             true_label=int(y[i]),
             original_prediction=int(clean_pred[k]),
             adversarial_prediction=int(adv_pred[k]),

@@ -21,6 +21,7 @@ when the target gives labels only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from torch import nn
 
 from aisec.assess.executor import Executor, InProcessExecutor
 from aisec.attacks.inference.roc import Roc, roc_curve
-from aisec.attacks.inference.scores import logit_score
+from aisec.attacks.inference.scores import TINY_PROBABILITY, logit_score
 from aisec.data.dataset import LabelledData
 from aisec.errors import BadInputError, CapabilityError, DataError
 from aisec.targets.base import Access, ScoreKind, Target
@@ -110,6 +111,20 @@ class ShadowModels:
     @property
     def count(self) -> int:
         return len(self.logits)
+
+    def seen_through(self, answer: Callable[[torch.Tensor], torch.Tensor]) -> ShadowModels:
+        """The shadow models' outputs as an API that turns probabilities into `answer(probabilities)` (top-k,
+        rounding) would give them: an attacker facing a hardened API hardens its shadow outputs alike."""
+
+        def served(logits: torch.Tensor) -> torch.Tensor:
+            probabilities = answer(logits.double().softmax(-1).flatten(0, 1)).view_as(logits)
+            return probabilities.clamp_min(TINY_PROBABILITY).log()
+
+        return dataclasses.replace(
+            self,
+            logits=served(self.logits),
+            population_logits=None if self.population_logits is None else served(self.population_logits),
+        )
 
 
 def train_shadows(
@@ -376,7 +391,7 @@ def _calibrate(
 
 def _as_logits(scores: torch.Tensor, kind: ScoreKind) -> torch.Tensor:
     """Float64 scores whose softmax is the target's probabilities: the logits, or the log-probabilities."""
-    return scores.double() if kind == "logits" else scores.double().clamp_min(1e-300).log()
+    return scores.double() if kind == "logits" else scores.double().clamp_min(TINY_PROBABILITY).log()
 
 
 def _fraction_below(reference: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from aisec.targets.base import ScoreKind
 
 # Floor for probabilities that underflowed to 0: phi stays finite (ties at the cap instead of at infinity).
-_TINY = 1e-300
+TINY_PROBABILITY = 1e-300
 
 
 def logit_score(scores: torch.Tensor, y: torch.Tensor, *, kind: ScoreKind = "logits") -> torch.Tensor:
@@ -34,7 +34,8 @@ def logit_score(scores: torch.Tensor, y: torch.Tensor, *, kind: ScoreKind = "log
     "probabilities". Leading dimensions (e.g. one per shadow model) are kept.
     """
     s = scores.double()
-    log_p = s if kind == "logits" else s.clamp_min(_TINY).log()  # phi is invariant to a shift of the logits
+    # phi is invariant to a shift of the logits
+    log_p = s if kind == "logits" else s.clamp_min(TINY_PROBABILITY).log()
     index = y.to(s.device).expand(s.shape[:-1]).unsqueeze(-1)
     own = log_p.gather(-1, index).squeeze(-1)
     others = log_p.scatter(-1, index, float("-inf")).logsumexp(-1)

@@ -83,7 +83,8 @@ def invert_classes(
         else:
             if (
                 config.query_budget is not None
-                and target.queries.total - before + 2 * config.samples * len(x) > config.query_budget
+                # a step's estimates, and the final confidence query (len(x)), must fit in the budget
+                and target.queries.total - before + (2 * config.samples + 1) * len(x) > config.query_budget
             ):
                 break
             grad = _nes_gradient(cost, x, config, generator)

@@ -8,6 +8,7 @@ The result states the (epsilon, delta) guarantee actually spent, so a report can
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -67,16 +68,15 @@ def train_dp(
         generator=torch.Generator().manual_seed(seed),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus warns about secure RNG and full backward hooks
-        private_model, optimizer, loader = engine.make_private_with_epsilon(
+        engine = PrivacyEngine(accountant="rdp")
+        sample_rate = 1 / len(loader)  # Poisson sampling at the loader's expected batch share, as Opacus does
+        private_model, optimizer, loader = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
-            target_epsilon=target_epsilon,
-            target_delta=delta,
-            epochs=epochs,
+            noise_multiplier=_noise_multiplier(target_epsilon, delta, sample_rate, epochs),
             max_grad_norm=max_grad_norm,
         )
         private_model.train()
@@ -96,5 +96,27 @@ def train_dp(
         noise_multiplier=float(optimizer.noise_multiplier),
         max_grad_norm=max_grad_norm,
         epochs=epochs,
-        sample_rate=batch_size / n,
+        sample_rate=sample_rate,
+    )
+
+
+def fit_with_dp(model: nn.Module, data: LabelledData, *, seed: int, **settings: float) -> nn.Module:
+    """`train_dp` as a training recipe, fit(model, data, seed=...) -> model: the shadow models of an attacker
+    who mimics a DP-SGD victim. Top-level, so that executors can pickle it with `functools.partial`."""
+    return train_dp(model, data, seed=seed, **settings).model  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=64)
+def _noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, epochs: int) -> float:
+    """The smallest noise multiplier that spends at most `target_epsilon` (Opacus's search with the RDP
+    accountant). The search is most of a small model's DP training time, so it is cached: shadow models
+    trained with one recipe on equal-sized sets share it."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return get_noise_multiplier(
+        target_epsilon=target_epsilon,
+        target_delta=delta,
+        sample_rate=sample_rate,
+        epochs=epochs,
+        accountant="rdp",
     )
