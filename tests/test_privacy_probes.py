@@ -17,6 +17,7 @@ from torch import nn
 
 from aisec.assess.finding import Assessment, Finding
 from aisec.assess.plan import (
+    AttributeProbeSection,
     DefencesSection,
     DPTrainingSection,
     EvasionProbeSection,
@@ -30,6 +31,7 @@ from aisec.assess.probe import Training
 from aisec.assess.runner import run_assessment
 from aisec.assess.threat_model import ThreatModel
 from aisec.data.builtin import Split
+from aisec.data.dataset import LabelledData
 from aisec.demo.models import train_classifier
 from aisec.errors import BadInputError, CapabilityError
 from aisec.report import load_schema, to_json_dict
@@ -205,4 +207,35 @@ def test_equation_solving_budget_is_checked_before_any_query(digits: Split) -> N
     probes = ProbesSection(extraction=ExtractionProbeSection(query_budget=64, strategies=("natural",)))
     with pytest.raises(BadInputError, match="needs at least 65 queries"):
         run_assessment(target, digits.test, probes, threat_model=SCORES)
+    assert target.queries.total == 0
+
+
+def test_attribute_probe_finds_memorised_attributes_and_not_in_non_members() -> None:
+    """100 records with random labels and an independent binary feature 0: only memorisation links them
+    (the setting of tests/test_attribute_inference.py)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 10, generator=g)
+    x[:, 0] = torch.randint(0, 2, (400,), generator=g).float()
+    y = torch.randint(0, 2, (400,), generator=g)
+    members = LabelledData(x[:100], y[:100], "memorised")
+    model = train_classifier(
+        nn.Sequential(nn.Linear(10, 256), nn.ReLU(), nn.Linear(256, 2)), members, epochs=400, seed=0
+    )
+    target = TorchTarget(model, InputSpec((10,), 2))
+    probes = ProbesSection(attribute=AttributeProbeSection(feature=0, values=(0.0, 1.0), records=100))
+    assessment = run_assessment(target, LabelledData(x[100:], y[100:], "others"), probes, threat_model=SCORES,
+                                training=Training(members), seed=0)  # fmt: skip
+    finding = _finding(assessment, "AISEC-ATT-001")
+    gains = {m.name: m.value for m in finding.metrics}
+    assert gains["gain over the best baseline (members)"] >= 0.2  # measured: +0.30
+    assert gains["gain over the best baseline (non-members)"] <= 0.05
+    assert finding.severity.value == "high"
+    assert [row[0] for row in finding.tables[0].rows] == ["training records", "non-members"]
+
+
+def test_attribute_probe_refuses_a_feature_outside_the_sample(victim, training, digits) -> None:
+    target = TorchTarget(victim, SPEC)
+    probes = ProbesSection(attribute=AttributeProbeSection(feature=64, values=(0.0, 1.0)))
+    with pytest.raises(BadInputError, match="feature"):
+        run_assessment(target, digits.test, probes, threat_model=SCORES, training=training)
     assert target.queries.total == 0

@@ -122,11 +122,21 @@ class MembershipProbeSection(_Section):
     workers: int = Field(1, ge=1, description="processes training shadow models")
 
 
+class AttributeProbeSection(_Section):
+    """Attribute inference on training records: one sensitive feature hidden, guessed among `values`. Needs
+    `training.data`."""
+
+    feature: int = Field(ge=0, description="index of the sensitive feature in the flattened sample")
+    values: tuple[float, ...] = Field(min_length=2, description="the values the feature takes")
+    records: int = Field(200, gt=0, description="members attacked, and as many non-members from `data`")
+
+
 class ProbesSection(_Section):
     evasion: EvasionProbeSection | None = None
     extraction: ExtractionProbeSection | None = None
     inversion: InversionProbeSection | None = None
     membership: MembershipProbeSection | None = None
+    attribute: AttributeProbeSection | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> ProbesSection:
@@ -220,9 +230,11 @@ class Plan(_Section):
     @model_validator(mode="after")
     def _privacy_needs(self) -> Plan:
         membership, dp = self.probes.membership, self.defences.dp_training
-        if (membership is not None or dp is not None) and self.training is None:
+        needs_training = any(section is not None for section in (membership, dp, self.probes.attribute))
+        if needs_training and self.training is None:
             raise ValueError(
-                "probes.membership and defences.dp_training need `training.data`, the model's training set"
+                "probes.membership, probes.attribute and defences.dp_training need `training.data`, the model's "
+                "training set"
             )
         attacks: tuple[str, ...] = ()
         if membership is not None:

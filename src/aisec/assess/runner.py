@@ -18,6 +18,7 @@ from aisec.targets.base import Target
 
 def build_probes(probes: ProbesSection) -> list[Probe]:
     """The probes a plan enables, in a fixed order."""
+    from aisec.assess.probes.attribute import AttributeProbe
     from aisec.assess.probes.evasion import EvasionProbe
     from aisec.assess.probes.extraction import ExtractionProbe
     from aisec.assess.probes.inversion import InversionProbe
@@ -28,6 +29,7 @@ def build_probes(probes: ProbesSection) -> list[Probe]:
         probes.extraction and ExtractionProbe(probes.extraction),
         probes.inversion and InversionProbe(probes.inversion),
         probes.membership and MembershipProbe(probes.membership),
+        probes.attribute and AttributeProbe(probes.attribute),
     ]
     return [probe for probe in built if probe is not None]
 

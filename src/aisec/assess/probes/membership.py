@@ -101,7 +101,7 @@ class MembershipProbe:
         config, seed = self.config, context.seed
         view, note = api_view(context.target, context.threat_model.knowledge)
         attacks = self.attacks(view.access)
-        members, _ = split(training.data, config.records, seed)
+        members = training.data.subset(config.records, seed=seed)
         non_members, population = split(context.data, config.records, seed + 1)
         x, y = torch.cat([members.x, non_members.x]), torch.cat([members.y, non_members.y])
         truth = torch.arange(len(x)) < config.records

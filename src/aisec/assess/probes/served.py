@@ -41,7 +41,7 @@ def api_label(view: Target) -> str:
 
 
 def split(data: LabelledData, first: int, seed: int) -> tuple[LabelledData, LabelledData]:
-    """A seeded shuffle of `data` cut after `first` samples."""
+    """A seeded shuffle of `data` cut after `first` samples (0 < first < len(data): both parts non-empty)."""
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     head, tail = order[:first], order[first:]
     return (
