@@ -239,3 +239,15 @@ def test_attribute_probe_refuses_a_feature_outside_the_sample(victim, training, 
     with pytest.raises(BadInputError, match="feature"):
         run_assessment(target, digits.test, probes, threat_model=SCORES, training=training)
     assert target.queries.total == 0
+
+
+def test_equation_solving_through_a_label_only_api_is_budgeted_before_any_query(digits: Split) -> None:
+    """Solving a linear model from labels needs num_classes x (d + 1) = 650 queries: a plan whose budget pays
+    for the scores but not for its label-only defence variant fails before the first attempt."""
+    model = LogisticRegression(max_iter=500).fit(digits.train.x.flatten(1).numpy(), digits.train.y.numpy())
+    target = sklearn_target(model, SPEC)
+    probes = ProbesSection(extraction=ExtractionProbeSection(query_budget=200, strategies=("natural",)))
+    defences = DefencesSection(output_hardening=(OutputHardeningSection(label_only=True),))
+    with pytest.raises(BadInputError, match=r"from labels \(labels only\) needs at least 650 queries"):
+        run_assessment(target, digits.test, probes, threat_model=SCORES, defences=defences)
+    assert target.queries.total == 0

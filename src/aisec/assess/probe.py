@@ -53,4 +53,6 @@ class Probe(Protocol):
     def check(self, context: AssessmentContext) -> None:
         """Raise a BadInputError if the probe cannot run in this context; spend nothing."""
 
-    def run(self, context: AssessmentContext) -> list[Finding]: ...
+    def run(self, context: AssessmentContext) -> list[Finding]:
+        """The probe's findings; called only after `check` passed on the same context."""
+        ...

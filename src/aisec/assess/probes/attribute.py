@@ -19,9 +19,9 @@ from aisec import __version__
 from aisec.assess.finding import Finding, Metric, Provenance, Severity, Table
 from aisec.assess.plan import AttributeProbeSection
 from aisec.assess.probe import AssessmentContext
-from aisec.assess.probes.served import api_view, split
+from aisec.assess.probes.served import api_view, cell, split
 from aisec.attacks import AttackClass
-from aisec.attacks.inference.attribute import AttributeResult, infer_attribute
+from aisec.attacks.inference.attribute import AttributeResult, infer_attribute, nearest_candidate
 from aisec.data.dataset import LabelledData
 from aisec.errors import BadInputError, CapabilityError
 from aisec.targets.base import Access, Target
@@ -58,7 +58,6 @@ class AttributeProbe:
             raise BadInputError(f"probes.attribute: `data` needs at least {2 * NEIGHBOURS} samples")
 
     def run(self, context: AssessmentContext) -> list[Finding]:
-        self.check(context)
         assert context.training is not None
         view, note = api_view(context.target, context.threat_model.knowledge)
         members = context.training.data.subset(self.config.records, seed=context.seed)
@@ -122,10 +121,10 @@ class AttributeProbe:
                         tuple(
                             (
                                 name,
-                                _r(r.accuracy),
-                                _r(r.majority_accuracy),
-                                _r(r.imputation_accuracy),
-                                _r(r.advantage),
+                                cell(r.accuracy),
+                                cell(r.majority_accuracy),
+                                cell(r.imputation_accuracy),
+                                cell(r.advantage),
                             )
                             for name, r in (("training records", on_members), ("non-members", on_others))
                         ),
@@ -137,8 +136,7 @@ class AttributeProbe:
     def _infer(
         self, view: Target, records: LabelledData, population: LabelledData, candidates: torch.Tensor
     ) -> AttributeResult:
-        values = records.x.flatten(1)[:, self.config.feature].double()
-        truth = (values[:, None] - candidates[None, :]).abs().argmin(1)
+        truth = nearest_candidate(records.x.flatten(1)[:, self.config.feature].double(), candidates)
         return infer_attribute(
             view,
             records.x,
@@ -154,7 +152,3 @@ class AttributeProbe:
 
 def _baseline(result: AttributeResult) -> float:
     return max(result.majority_accuracy or 0.0, result.imputation_accuracy or 0.0)
-
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)

@@ -58,7 +58,6 @@ class EvasionProbe:
                 )
 
     def run(self, context: AssessmentContext) -> list[Finding]:
-        self.check(context)
         tm = context.threat_model
         target, knowledge_note = attacker_view(context.target, tm.knowledge)
         attacks = self.config.attacks or STRONGEST[target.access]

@@ -5,7 +5,8 @@ drawn from) and held-out data on which the copy is judged: agreement with the mo
 Learning-based extraction runs each configured strategy within the query budget (aisec.attacks.extraction);
 a linear scikit-learn model is also extracted by equation solving (exact scores, rounded scores, or labels,
 whichever the API gives). The strongest copy is then used to craft PGD examples, and the share that fool the
-model measures what the stolen copy buys an evasion attacker. Each attack's query stream is replayed through
+model (at the budget the evasion finding is judged at, for an L-inf threat model) measures what the stolen
+copy buys an evasion attacker. Each attack's query stream is replayed through
 the PRADA detector (aisec.defend.monitoring.prada) to show whether a server-side monitor would have caught
 it, and the strongest strategy is re-run against each output-hardening variant of the plan.
 
@@ -23,7 +24,8 @@ from aisec import __version__
 from aisec.assess.finding import Finding, Metric, PolicyCheck, Provenance, Severity, Table
 from aisec.assess.plan import ExtractionProbeSection
 from aisec.assess.probe import AssessmentContext
-from aisec.assess.probes.served import api_label, api_view, hardened_views, split
+from aisec.assess.probes.evasion import reference_budget
+from aisec.assess.probes.served import api_label, api_view, cell, hardened_views, split
 from aisec.attacks import AttackClass
 from aisec.attacks.extraction.equation_solving import (
     extract_linear,
@@ -63,12 +65,13 @@ class ExtractionProbe:
         if "active" in self.config.strategies and budget < LearningConfig().rounds:
             raise BadInputError(f"probes.extraction.query_budget: active extraction needs at least "
                                 f"{LearningConfig().rounds} queries (one per round), got {budget}")  # fmt: skip
-        needed = _equation_solving_queries(context.target, view)
-        if needed is not None and budget < needed:
-            raise BadInputError(
-                f"probes.extraction.query_budget: equation solving of this linear model from "
-                f"{view.access.value} needs at least {needed} queries, got {budget}"
-            )
+        for api in (view, *hardened_views(view, context.defences)):  # a linear model is solved through each
+            needed = _equation_solving_queries(context.target, api)
+            if needed is not None and budget < needed:
+                raise BadInputError(
+                    f"probes.extraction.query_budget: equation solving of this linear model from "
+                    f"{api.access.value} ({api_label(api)}) needs at least {needed} queries, got {budget}"
+                )
         if len(context.data) < 2 * MIN_HELD_OUT:
             raise BadInputError(
                 f"probes.extraction: `data` has {len(context.data)} samples; the attacker's pool and the held-out "
@@ -76,7 +79,6 @@ class ExtractionProbe:
             )
 
     def run(self, context: AssessmentContext) -> list[Finding]:
-        self.check(context)
         config, seed = self.config, context.seed
         view, note = api_view(context.target, context.threat_model.knowledge)
         pool, held_out = split(context.data, len(context.data) // 2, seed)
@@ -98,7 +100,8 @@ class ExtractionProbe:
                 attempts.append(_solve(hardened, config.query_budget, held_out, generator))
 
         transfer = None
-        eps = _linf_budget(context)
+        tm = context.threat_model
+        eps = reference_budget(tm.budgets, context.policy) if tm.norm == "linf" else None
         if config.transfer and eps is not None:
             with context.progress.task("transfer of surrogate adversarial examples", total=1) as task:
                 transfer = transfer_rate(
@@ -181,12 +184,6 @@ def _equation_solving_queries(model: Target, view: Target) -> int | None:
     return d + 1 if view.access.allows(Access.SCORES) else model.spec.num_classes * (d + 1)
 
 
-def _linf_budget(context: AssessmentContext) -> float | None:
-    """The L-inf budget surrogate examples are crafted at: the threat model's middle budget (None for L2)."""
-    tm = context.threat_model
-    return tm.budgets[len(tm.budgets) // 2] if tm.norm == "linf" else None
-
-
 def _finding(
     context: AssessmentContext,
     attempts: list[_Attempt],
@@ -245,8 +242,8 @@ def _finding(
                 a.api,
                 a.result.method,
                 a.result.queries,
-                round(a.agreement, 4),
-                round(a.accuracy, 4),
+                cell(a.agreement),
+                cell(a.accuracy),
                 _parameter_error(context.target, a.result),
                 a.detected_at if a.detected_at is not None else "not detected",
             )

@@ -22,7 +22,7 @@ from aisec.assess.images import is_image, pixels
 from aisec.assess.plan import InversionProbeSection
 from aisec.assess.probe import AssessmentContext
 from aisec.assess.probes.evasion import attacker_view
-from aisec.assess.probes.served import api_label, hardened_views
+from aisec.assess.probes.served import api_label, cell, hardened_views
 from aisec.attacks import AttackClass
 from aisec.attacks.inversion.class_representative import (
     InversionConfig,
@@ -75,23 +75,26 @@ class InversionProbe:
         return classes
 
     def run(self, context: AssessmentContext) -> list[Finding]:
-        self.check(context)
         view, note = attacker_view(context.target, context.threat_model.knowledge)
         classes = self._classes(context)
         reference = _reference(context)
         generator = torch.Generator().manual_seed(context.seed)
-        attempts: list[tuple[str, str, InversionResult | None]] = []
         with context.progress.task("model inversion", total=1) as task:
-            attempts.append((api_label(view), view.access.value, self._invert(view, classes, generator)))
+            main = self._invert(view, classes, generator)
+            results = [(view, main)]
             for hardened in hardened_views(view, context.defences):
-                result = (
-                    self._invert(hardened, classes, generator) if hardened.access is Access.SCORES else None
-                )
-                attempts.append((api_label(hardened), hardened.access.value, result))
+                scores = hardened.access is Access.SCORES
+                results.append((hardened, self._invert(hardened, classes, generator) if scores else None))
             task.advance()
-        main = attempts[0][2]
-        assert main is not None
         hits, distances = identification(main.images.cpu(), main.classes, reference.x, reference.y)
+        rows = [(api_label(view), view.access.value, main, hits)]
+        for api, result in results[1:]:
+            share = (
+                None
+                if result is None
+                else identification(result.images.cpu(), result.classes, reference.x, reference.y)[0]
+            )
+            rows.append((api_label(api), api.access.value, result, share))
         provenance = Provenance(
             tool_version=__version__,
             seed=context.seed,
@@ -139,7 +142,7 @@ class InversionProbe:
                     Metric("median confidence of the reconstructions", float(main.confidence.median())),
                     Metric("queries", main.queries, "queries"),
                 ),
-                tables=(_table(attempts, reference),),
+                tables=(_table(rows),),
                 galleries=_galleries(context.target, main, reference, distances),
             )
         ]
@@ -158,20 +161,17 @@ def _reference(context: AssessmentContext) -> LabelledData:
     return context.training.data if context.training is not None else context.data
 
 
-def _table(attempts: list[tuple[str, str, InversionResult | None]], reference: LabelledData) -> Table:
-    rows = []
-    for api, access, result in attempts:
-        if result is None:
-            rows.append((api, access, "not possible: no scores", None, 0))
-            continue
-        hits, _ = identification(result.images.cpu(), result.classes, reference.x, reference.y)
-        rows.append(
-            (api, access, round(hits, 4), round(float(result.confidence.median()), 4), result.queries)
-        )
+def _table(rows: list[tuple[str, str, InversionResult | None, float | None]]) -> Table:
+    """One row per API: classes identified (computed once per reconstruction), confidence and queries."""
     return Table(
         "Inversion against each API",
         ("API", "access", "classes identified", "median confidence", "queries"),
-        tuple(rows),
+        tuple(
+            (api, access, "not possible: no scores", None, 0)
+            if result is None
+            else (api, access, cell(hits), cell(float(result.confidence.median())), result.queries)
+            for api, access, result, hits in rows
+        ),
     )
 
 

@@ -13,17 +13,18 @@ fewer than 1,000 non-members cannot measure 0.1 %): at least 10x high, at least 
 from __future__ import annotations
 
 import functools
-import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from aisec import __version__
 from aisec.assess.executor import InProcessExecutor, LocalProcessExecutor
 from aisec.assess.finding import Finding, Metric, PolicyCheck, Provenance, Severity, Table
 from aisec.assess.plan import DPTrainingSection, MembershipProbeSection
 from aisec.assess.probe import AssessmentContext, Training
-from aisec.assess.probes.served import api_label, api_view, hardened_views, split
+from aisec.assess.probes.served import api_label, api_view, cell, hardened_views, split
 from aisec.assess.stats import wilson
 from aisec.attacks import AttackClass
 from aisec.attacks.inference.label_only import gap_attack, noise_robustness_attack
@@ -96,7 +97,6 @@ class MembershipProbe:
             )
 
     def run(self, context: AssessmentContext) -> list[Finding]:
-        self.check(context)
         training = _training(context)
         config, seed = self.config, context.seed
         view, note = api_view(context.target, context.threat_model.knowledge)
@@ -108,11 +108,11 @@ class MembershipProbe:
         executor = LocalProcessExecutor(config.workers) if config.workers > 1 else InProcessExecutor()
         train_size = min(len(training.data), (len(x) + len(population)) // 2)
 
-        def shadows_for(target: Target, fit: object) -> ShadowModels | None:
+        def shadows_for(target: Target, fit: Callable[..., nn.Module]) -> ShadowModels | None:
             if not set(attacks) & set(SHADOW_ATTACKS) or not target.access.allows(Access.SCORES):
                 return None
             assert training.model_fn is not None
-            trainer = ShadowTrainer(training.model_fn, fit)  # type: ignore[arg-type]
+            trainer = ShadowTrainer(training.model_fn, fit)
             with context.progress.task(f"training {config.shadows} shadow models", total=1) as task:
                 models = train_shadows(target, x, y, trainer, population=population, n_shadows=config.shadows,
                                        train_size=train_size, executor=executor, seed=seed)  # fmt: skip
@@ -138,8 +138,8 @@ class MembershipProbe:
         if dp is not None:
             dp_target, dp_summary = _retrain_with_dp(context, training, dp, view.access)
             dp_shadows = shadows_for(dp_target, functools.partial(fit_with_dp, **_dp_arguments(dp)))
-            label = f"DP-SGD, epsilon {dp_summary.epsilon:.3g}"
-            rows += [_Row(label, r) for r in _run_attacks(attacks, dp_target, x, y, truth, dp_shadows)]
+            results = _run_attacks(attacks, dp_target, x, y, truth, dp_shadows)
+            rows += [_Row(dp_summary.label, r) for r in results]
 
         provenance = Provenance(
             tool_version=__version__,
@@ -162,7 +162,7 @@ class MembershipProbe:
                 f"{note} The shadow models train on {train_size} records (half the attacker's pool), fewer than the "
                 f"model's {len(training.data)}: an attacker with more data fits them better and may do better."
             ).strip()
-        findings = [_membership_finding(context, served, rows, provenance, note)]
+        findings = [_membership_finding(context, served, rows, dp_summary, provenance, note)]
         if len(rows) > len(served):
             findings.append(_defences_finding(served, rows, dp_summary, provenance))
         return findings
@@ -204,6 +204,7 @@ class _Row:
 
 @dataclass(frozen=True)
 class _DPSummary:
+    label: str  # how the table names the DP-SGD model
     epsilon: float
     delta: float
     accuracy: float
@@ -227,6 +228,7 @@ def _retrain_with_dp(
     dp_model = TorchTarget(result.model, context.target.spec, device=str(context.target.device))
     x, y = context.data.x.to(dp_model.device), context.data.y.to(dp_model.device)
     summary = _DPSummary(
+        label=f"DP-SGD, epsilon {result.epsilon:.3g}",
         epsilon=result.epsilon,
         delta=result.delta,
         accuracy=float((dp_model.labels(x) == y).float().mean()),
@@ -250,6 +252,7 @@ def _membership_finding(
     context: AssessmentContext,
     served: list[MembershipResult],
     rows: list[_Row],
+    dp: _DPSummary | None,
     provenance: Provenance,
     note: str,
 ) -> Finding:
@@ -259,16 +262,15 @@ def _membership_finding(
     non_members = len(best.scores) - members
     floor = max(LOW_FPRS[0], 1 / non_members)  # the lowest FPR these non-members can measure
     tpr = wilson(round(low * members), members)
-    lift = (
-        tpr.lower / floor
-    )  # judged on the interval's lower end: a few members above every non-member is noise
+    # judged on the interval's lower end: a few members above every non-member is noise
+    lift = tpr.lower / floor
     severity = Severity.HIGH if lift >= 10 else Severity.MEDIUM if lift >= 3 else Severity.LOW
     auc = max(r.auc or 0.0 for r in served)
     metrics = [
         Metric("highest ROC AUC (any attack)", auc, description="0.5 is chance"),
-        Metric(f"TPR at {LOW_FPRS[0]:.1%} FPR (best attack)", tpr, description=f"chance is {floor:.2%}"),
+        Metric(f"TPR at {LOW_FPRS[0]:.1%} FPR ({best.attack})", tpr, description=f"chance is {floor:.2%}"),
         Metric(
-            f"TPR at {LOW_FPRS[1]:.0%} FPR (best attack)",
+            f"TPR at {LOW_FPRS[1]:.0%} FPR ({best.attack})",
             best.tpr_at[LOW_FPRS[1]],
             description="chance is 1%",
         ),
@@ -297,7 +299,7 @@ def _membership_finding(
     curves: dict[str, Roc] = {
         f"{row.result.attack} ({row.api})": row.result.roc
         for row in rows
-        if row.result.roc is not None and (row.api == rows[0].api or row.api.startswith("DP-SGD"))
+        if row.result.roc is not None and (row.api == rows[0].api or (dp is not None and row.api == dp.label))
     }
     return Finding(
         rule_id=RULE_MEMBERSHIP,
@@ -324,9 +326,9 @@ def _table(rows: list[_Row]) -> Table:
             (
                 row.api,
                 r.attack,
-                _round(r.auc),
-                _round(r.tpr_at[0.001]),
-                _round(r.tpr_at[0.01]),
+                cell(r.auc),
+                cell(r.tpr_at[0.001]),
+                cell(r.tpr_at[0.01]),
                 r.shadows,
                 r.queries,
             )
@@ -345,18 +347,18 @@ def _defences_finding(
     for row in rows[len(served) :]:
         by_api.setdefault(row.api, []).append(row.result)
     table_rows = [
-        ("none (as served)", baseline.attack, _round(baseline.auc), _round(baseline.tpr_at[0.001]), "—")
+        ("none (as served)", baseline.attack, cell(baseline.auc), cell(baseline.tpr_at[0.001]), "—")
     ]
     for api, results in by_api.items():
         best = _best(results)
         cost = "—"
-        if dp is not None and api.startswith("DP-SGD"):
+        if dp is not None and api == dp.label:
             cost = f"test accuracy {dp.accuracy:.1%} vs {dp.baseline_accuracy:.1%}; (epsilon, delta) = ({dp.epsilon:.3g}, {dp.delta:.2g})"
-        table_rows.append((api, best.attack, _round(best.auc), _round(best.tpr_at[0.001]), cost))
+        table_rows.append((api, best.attack, cell(best.auc), cell(best.tpr_at[0.001]), cost))
     message = "Each defence re-ran the same attacks; the table gives the strongest attack against each."
     metrics: list[Metric] = []
     if dp is not None:
-        dp_best = _best(by_api[next(api for api in by_api if api.startswith("DP-SGD"))])
+        dp_best = _best(by_api[dp.label])
         message += (
             f" DP-SGD at epsilon {dp.epsilon:.3g} brings the strongest attack to ROC AUC {dp_best.auc:.3f} and "
             f"{dp_best.tpr_at[0.001]:.1%} TPR at 0.1% FPR (from {baseline.auc:.3f} and {baseline.tpr_at[0.001]:.1%}), "
@@ -402,7 +404,3 @@ def _recommendation(severity: Severity) -> str:
         "fits the training set perfectly, and do not rely on rounding or top-k outputs: measure each with this "
         "probe's `defences` section."
     )
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else round(value, 4)

@@ -1,7 +1,10 @@
 """What the privacy probes share: the model as its API serves it, the hardened variants of that API the plan
-asks to measure, and seeded splits of the assessment data between the attacker and the judge."""
+asks to measure, seeded splits of the assessment data between the attacker and the judge, and how a figure
+appears in a table."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -48,3 +51,8 @@ def split(data: LabelledData, first: int, seed: int) -> tuple[LabelledData, Labe
         LabelledData(data.x[head], data.y[head], f"{data.name} (part 1)"),
         LabelledData(data.x[tail], data.y[tail], f"{data.name} (part 2)"),
     )
+
+
+def cell(value: float | None) -> float | None:
+    """A figure for a table cell: four decimals; None for a missing or non-finite one."""
+    return None if value is None or not math.isfinite(value) else round(value, 4)

@@ -66,7 +66,7 @@ def infer_attribute(
         raise BadInputError("attribute inference needs at least two candidate values")
     if len(population_x) < k or len(population_x) != len(population_y):
         raise DataError(f"the population needs at least k = {k} records with labels")
-    population_values = _nearest_candidate(population_x.flatten(1)[:, feature], candidates)
+    population_values = nearest_candidate(population_x.flatten(1)[:, feature], candidates)
     prior = torch.bincount(population_values, minlength=len(candidates)).float() + 1.0
     before = target.queries.total
     support = []
@@ -99,7 +99,8 @@ def _logit_margin(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return (own - others).float()
 
 
-def _nearest_candidate(values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+def nearest_candidate(values: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Index of the candidate nearest to each value: how a record's true attribute is named."""
     return (values[:, None] - candidates[None, :].to(values)).abs().argmin(1)
 
 
