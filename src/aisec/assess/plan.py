@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -131,12 +131,51 @@ class AttributeProbeSection(_Section):
     records: int = Field(200, gt=0, description="members attacked, and as many non-members from `data`")
 
 
+PoisonRate = Annotated[float, Field(gt=0, lt=1, description="fraction of the training set poisoned")]
+
+
+class PoisoningProbeSection(_Section):
+    """Label-flipping poisoning: the training set poisoned at each rate, the model retrained with
+    `training.recipe`, and the label audit (confident learning, nearest neighbours) that should find it. Needs
+    `training`."""
+
+    attacks: tuple[Literal["random_flip", "targeted_flip"], ...] = Field(
+        ("random_flip", "targeted_flip"), min_length=1
+    )
+    rates: tuple[PoisonRate, ...] = Field((0.02, 0.05, 0.1), min_length=1)
+    source: int | None = Field(
+        None, ge=0, description="targeted flip: the class relabelled; default the largest"
+    )
+    target: int | None = Field(None, ge=0, description="targeted flip: its new label; default the next class")
+    audit: bool = Field(True, description="also audit the training set as given for label issues")
+    folds: int = Field(5, ge=2, description="cross-validation folds for confident learning's probabilities")
+
+
+class BackdoorProbeSection(_Section):
+    """A backdoor planted by poisoning the training set (each trigger at each rate), retrained with
+    `training.recipe`; then the data-side screening and repair, the model-side scans (Neural Cleanse, STRIP)
+    and fine-pruning. Needs `training`."""
+
+    triggers: tuple[Literal["patch", "blend", "warp"], ...] = Field(("patch", "blend", "warp"), min_length=1)
+    rates: tuple[PoisonRate, ...] = Field((0.01, 0.05, 0.1), min_length=1)
+    target_class: int = Field(0, ge=0)
+    mode: Literal["dirty", "clean"] = "dirty"
+    repair: tuple[Literal["retrain", "fine_pruning"], ...] = ("retrain", "fine_pruning")
+    strip: bool = Field(True, description="measure STRIP, the run-time detector of triggered inputs")
+    neural_cleanse: bool = Field(
+        True,
+        description="scan the model under assessment, and each trigger's backdoored model, with Neural Cleanse",
+    )
+
+
 class ProbesSection(_Section):
     evasion: EvasionProbeSection | None = None
     extraction: ExtractionProbeSection | None = None
     inversion: InversionProbeSection | None = None
     membership: MembershipProbeSection | None = None
     attribute: AttributeProbeSection | None = None
+    poisoning: PoisoningProbeSection | None = None
+    backdoor: BackdoorProbeSection | None = None
 
     @model_validator(mode="after")
     def _at_least_one(self) -> ProbesSection:
@@ -174,11 +213,20 @@ class DPTrainingSection(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class GradientShapingSection(_Section):
+    """Retrain the poisoned training sets with gradient shaping (aisec.defend.data_quality.gradient_shaping):
+    per-example gradients clipped to `max_grad_norm`, Gaussian noise of `noise_multiplier` times that added."""
+
+    max_grad_norm: float = Field(1.0, gt=0)
+    noise_multiplier: float = Field(0.7, gt=0)
+
+
 class DefencesSection(_Section):
-    """Controls whose effect the privacy probes measure, each beside the undefended model."""
+    """Controls whose effect the probes measure, each beside the undefended model."""
 
     output_hardening: tuple[OutputHardeningSection, ...] = ()
     dp_training: DPTrainingSection | None = None
+    gradient_shaping: GradientShapingSection | None = None
 
 
 class PolicySection(_Section):
@@ -252,6 +300,20 @@ class Plan(_Section):
             )
         if dp is not None and membership is None:
             raise ValueError("defences.dp_training is measured by probes.membership: enable it")
+        return self
+
+    @model_validator(mode="after")
+    def _poisoning_needs(self) -> Plan:
+        enabled = [name for name in ("poisoning", "backdoor") if getattr(self.probes, name) is not None]
+        if enabled and (self.training is None or self.training.recipe is None or self.target.kind != "torch"):
+            raise ValueError(
+                f"probes.{enabled[0]} retrains the model on poisoned data: it needs a torch target with `factory`, "
+                "`training.data` and `training.recipe`"
+            )
+        if self.defences.gradient_shaping is not None and not enabled:
+            raise ValueError(
+                "defences.gradient_shaping is measured by probes.poisoning or probes.backdoor: enable one"
+            )
         return self
 
 

@@ -19,10 +19,12 @@ from aisec.targets.base import Target
 def build_probes(probes: ProbesSection) -> list[Probe]:
     """The probes a plan enables, in a fixed order."""
     from aisec.assess.probes.attribute import AttributeProbe
+    from aisec.assess.probes.backdoor import BackdoorProbe
     from aisec.assess.probes.evasion import EvasionProbe
     from aisec.assess.probes.extraction import ExtractionProbe
     from aisec.assess.probes.inversion import InversionProbe
     from aisec.assess.probes.membership import MembershipProbe
+    from aisec.assess.probes.poisoning import PoisoningProbe
 
     built: list[Probe | None] = [
         probes.evasion and EvasionProbe(probes.evasion),
@@ -30,6 +32,8 @@ def build_probes(probes: ProbesSection) -> list[Probe]:
         probes.inversion and InversionProbe(probes.inversion),
         probes.membership and MembershipProbe(probes.membership),
         probes.attribute and AttributeProbe(probes.attribute),
+        probes.poisoning and PoisoningProbe(probes.poisoning),
+        probes.backdoor and BackdoorProbe(probes.backdoor),
     ]
     return [probe for probe in built if probe is not None]
 

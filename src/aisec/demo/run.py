@@ -14,7 +14,7 @@ from aisec.assess.finding import Assessment
 from aisec.assess.progress import Progress
 
 DEMO_PLAN = {
-    "name": "Demo: digits CNN under evasion, extraction, inversion and membership inference",
+    "name": "Demo: digits CNN under evasion, extraction, inversion, membership inference, poisoning and backdoors",
     "seed": 0,
     "target": {
         "kind": "torch",
@@ -34,16 +34,20 @@ DEMO_PLAN = {
         "extraction": {"query_budget": 1000},
         "inversion": {},
         "membership": {"records": 200, "shadows": 16},
+        # Retrain on poisoned copies of the training set: label flips, and patch, blend and warp backdoors.
+        "poisoning": {},
+        "backdoor": {},
     },
     # The model's training set and recipe: the members for membership inference, the recipe for shadow models.
     "training": {
         "data": {"builtin": "digits", "split": "train"},
         "recipe": "aisec.demo.models:train_classifier",
     },
-    # Controls the privacy probes measure beside the model as served.
+    # Controls the probes measure beside the undefended model.
     "defences": {
         "output_hardening": [{"top_k": 1, "decimals": 2}, {"label_only": True}],
         "dp_training": {"target_epsilon": 4.0, "epochs": 20, "lr": 0.05, "batch_size": 128},
+        "gradient_shaping": {},
     },
     "policy": {
         "min_clean_accuracy": 0.95,

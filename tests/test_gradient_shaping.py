@@ -1,0 +1,171 @@
+"""Gradient shaping (Hong et al. 2020): what a poisoned minority of the digits training set achieves with and
+without clipped, noised per-example gradients, and the bad input it refuses before training."""
+
+from __future__ import annotations
+
+import functools
+import math
+import pickle
+
+import pytest
+import torch
+
+from aisec.attacks.backdoor.plant import plant_backdoor
+from aisec.attacks.backdoor.success import measure_backdoor
+from aisec.attacks.backdoor.triggers import PatchTrigger
+from aisec.attacks.poisoning.label_flip import random_label_flip
+from aisec.data.dataset import LabelledData
+from aisec.defend.data_quality.gradient_shaping import (
+    GradientShapingConfig,
+    fit_with_gradient_shaping,
+    train_with_gradient_shaping,
+)
+from aisec.demo.models import accuracy, digits_cnn, train_classifier
+from aisec.errors import BadInputError, DataError
+
+TRIGGER = PatchTrigger(pattern="square")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Opacus's per-example gradients are many small kernels: on a busy 2-core machine two threads ran them
+    about 20 times slower than one (7 s against 0.33 s for a one-epoch fit), so this module uses one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _badnets(digits, rate: float) -> LabelledData:
+    return plant_backdoor(digits.train, TRIGGER, 0, rate, generator=torch.Generator().manual_seed(1)).data
+
+
+def _cnn(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return digits_cnn()
+
+
+def test_gradient_shaping_cuts_a_one_percent_backdoor(digits):
+    poisoned = _badnets(digits, 0.01)  # 13 of 1257 samples
+    plain = measure_backdoor(train_classifier(_cnn(), poisoned, seed=0), digits.test, TRIGGER, 0)
+    result = train_with_gradient_shaping(_cnn(), poisoned, seed=0)
+    shaped = measure_backdoor(result.model, digits.test, TRIGGER, 0)
+    # measured (seed 0): plain ASR 0.940 at clean 0.987; shaped ASR 0.208 at clean 0.952 (seeds 1, 2: 0.210
+    # at 0.926, 0.132 at 0.930)
+    assert plain.attack_success > 0.8
+    assert shaped.attack_success < 0.35
+    assert shaped.clean_accuracy >= 0.90
+    assert not result.model.training
+    assert result.delta == pytest.approx(1 / (10 * len(poisoned)))
+    assert 25 < result.epsilon < 35  # measured 30.3: a weak guarantee, reported only as a side figure
+
+
+def test_recipe_is_picklable_seeded_and_leaves_the_global_generator_alone(digits):
+    small = digits.train.subset(256, seed=0)
+    fit = pickle.loads(pickle.dumps(functools.partial(fit_with_gradient_shaping, epochs=1, batch_size=32)))
+    state = torch.random.get_rng_state()
+    first, second = fit(_cnn(), small, seed=3), fit(_cnn(), small, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert not first.training
+    for a, b in zip(first.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    other = fit(_cnn(), small, seed=4)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(first.state_dict().values(), other.state_dict().values(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, field",
+    [
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"noise_multiplier": 0.0}, "noise_multiplier"),
+        ({"noise_multiplier": -0.5}, "noise_multiplier"),
+        ({"lr": math.nan}, "lr"),
+        ({"max_grad_norm": math.inf}, "max_grad_norm"),
+        ({"epochs": 0}, "epochs"),
+        ({"epochs": True}, "epochs"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"momentum": 1.0}, "momentum"),
+    ],
+)
+def test_bad_settings(settings, field):
+    with pytest.raises(BadInputError, match=field):
+        GradientShapingConfig(**settings)
+
+
+def test_bad_data_fails_before_training(digits):
+    small = digits.train.subset(100, seed=0)
+    with pytest.raises(BadInputError, match="batch_size 128 exceeds the 100 samples"):
+        train_with_gradient_shaping(_cnn(), small)
+    x = small.x.clone()
+    x[3, 0, 2, 2] = math.nan
+    with pytest.raises(DataError, match="NaN"):
+        train_with_gradient_shaping(_cnn(), LabelledData(x, small.y), GradientShapingConfig(batch_size=32))
+    with pytest.raises(DataError, match="labels range up to 10"):
+        y = small.y.clone()
+        y[0] = 10
+        train_with_gradient_shaping(_cnn(), LabelledData(small.x, y), GradientShapingConfig(batch_size=32))
+    with pytest.raises(DataError, match="cannot take inputs of shape"):
+        train_with_gradient_shaping(
+            _cnn(), LabelledData(small.x.flatten(1), small.y), GradientShapingConfig(batch_size=32)
+        )
+
+
+# The figure (seed 0; model seed 0, poison generator seed 1). Attack success / clean accuracy under BadNets
+# (square patch, target 0) and clean accuracy under random label flips, as measured:
+#
+#   training                  clean   BadNets 1%    5%            10%           flips 10%  20%    epsilon
+#   plain Adam                0.987   0.940/0.987   1.000/0.989   1.000/0.983   0.939      0.800  -
+#   shaping sigma 0.3, C 1    0.961   0.527/0.963   0.988/0.954   1.000/0.941   0.967      0.961  261
+#   shaping sigma 0.7, C 1    0.943   0.208/0.952   0.979/0.937   0.996/0.924   0.948      0.933  30.3
+#   shaping sigma 1.0, C 1    0.924   0.109/0.924   0.979/0.924   0.998/0.907   0.926      0.911  14.3
+#   shaping sigma 0.7, C 0.1  0.943   0.171/0.946   0.982/0.930   0.998/0.919   0.943      0.924  30.3
+#
+# As Hong et al. found, shaping blunts a small poisoned fraction (1 %) and does nothing against 5 % or 10 %
+# of a backdoor, at a cost of 3-6 points of clean accuracy; against random label flips its bounded per-example
+# influence keeps 91-96 % where plain training falls to 80 % at 20 %.
+SETTINGS = {
+    "sigma 0.3": GradientShapingConfig(noise_multiplier=0.3),
+    "default": GradientShapingConfig(),
+    "sigma 1.0": GradientShapingConfig(noise_multiplier=1.0),
+    "clip 0.1": GradientShapingConfig(max_grad_norm=0.1),
+}
+# setting: (most attack success at 1 % BadNets, least clean accuracy there, least accuracy under 20 % flips)
+EXPECTED = {
+    "sigma 0.3": (0.75, 0.92, 0.92),
+    "default": (0.35, 0.90, 0.89),
+    "sigma 1.0": (0.25, 0.87, 0.87),
+    "clip 0.1": (0.35, 0.90, 0.88),
+}
+
+
+@pytest.mark.slow
+def test_plain_training_learns_every_poison(digits):
+    for rate in (0.01, 0.05, 0.1):
+        plain = measure_backdoor(
+            train_classifier(_cnn(), _badnets(digits, rate), seed=0), digits.test, TRIGGER, 0
+        )
+        assert plain.attack_success > 0.9 and plain.clean_accuracy > 0.97
+    flipped = random_label_flip(digits.train, 0.2, generator=torch.Generator().manual_seed(1)).data
+    assert accuracy(train_classifier(_cnn(), flipped, seed=0), digits.test) < 0.85  # measured 0.800
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SETTINGS)
+def test_gradient_shaping_blunts_only_a_small_poisoned_fraction(digits, name):
+    config, (max_asr, min_clean, min_flipped) = SETTINGS[name], EXPECTED[name]
+    one = measure_backdoor(
+        train_with_gradient_shaping(_cnn(), _badnets(digits, 0.01), config).model, digits.test, TRIGGER, 0
+    )
+    assert one.attack_success < max_asr and one.clean_accuracy >= min_clean
+    for rate in (0.05, 0.1):  # a larger poisoned fraction outweighs the clipping and the noise
+        many = measure_backdoor(
+            train_with_gradient_shaping(_cnn(), _badnets(digits, rate), config).model, digits.test, TRIGGER, 0
+        )
+        assert many.attack_success > 0.9
+    flipped = random_label_flip(digits.train, 0.2, generator=torch.Generator().manual_seed(1)).data
+    assert accuracy(train_with_gradient_shaping(_cnn(), flipped, config).model, digits.test) >= min_flipped
