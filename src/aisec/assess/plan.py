@@ -214,7 +214,7 @@ class DPTrainingSection(_Section):
 
 
 class GradientShapingSection(_Section):
-    """Retrain the poisoned training sets with gradient shaping (aisec.defend.data_quality.gradient_shaping):
+    """Retrain the poisoned training sets (backdoors: at the lowest rate) with gradient shaping (aisec.defend.data_quality.gradient_shaping):
     per-example gradients clipped to `max_grad_norm`, Gaussian noise of `noise_multiplier` times that added."""
 
     max_grad_norm: float = Field(1.0, gt=0)

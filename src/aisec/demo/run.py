@@ -35,7 +35,7 @@ DEMO_PLAN = {
         "inversion": {},
         "membership": {"records": 200, "shadows": 16},
         # Retrain on poisoned copies of the training set: label flips, and patch, blend and warp backdoors.
-        "poisoning": {},
+        "poisoning": {"rates": [0.05, 0.1]},
         "backdoor": {},
     },
     # The model's training set and recipe: the members for membership inference, the recipe for shadow models.

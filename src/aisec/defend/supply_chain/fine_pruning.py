@@ -3,8 +3,9 @@
 
 A backdoor tends to live in channels that clean inputs leave dormant. Pruning removes the channels of one
 layer (by default the last convolution) in increasing order of their mean activation on clean data, as long
-as clean accuracy on a validation part stays within `max_accuracy_drop` of the original; fine-tuning on the
-clean data then repairs the accuracy and, as the paper found, erases much of what pruning left of the backdoor.
+as clean accuracy on a validation part stays within `max_accuracy_drop` of the original; fine-tuning on
+the clean data then repairs the accuracy and, as the paper found, erases much of what pruning left of the
+backdoor.
 A pruned channel's weights and bias are zeroed and kept at zero during fine-tuning. The input model is never
 modified: the result holds a repaired deep copy.
 """
@@ -56,8 +57,8 @@ def fine_prune(
 ) -> FinePruningResult:
     """Prune `layer`'s least active channels within the accuracy budget, then fine-tune with Adam.
 
-    Raises before any work: bad settings, NaN inputs, clean data of fewer than two classes, a layer that is not
-    a Conv2d or Linear of the model, or a split that leaves either part empty.
+    Raises before any work: bad settings, NaN inputs, clean data of fewer than two classes, a layer that is
+    not a Conv2d or Linear of the model, or a split that leaves either part empty.
     """
     _check_settings(max_accuracy_drop, fine_tune_epochs, lr, batch_size, validation_fraction)
     if not torch.isfinite(clean.x).all():

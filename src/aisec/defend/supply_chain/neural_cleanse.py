@@ -11,6 +11,12 @@ the classes' mask norms, counted below the median only, and a model is flagged w
 
 All classes are optimised at once (one batch of samples x classes per Adam step); the model's weights get no
 gradients and the model is left as it was given.
+
+On the digits CNN (tests/test_neural_cleanse.py) the default run takes about 10 s on one CPU thread. BadNets
+targets are named at rates 0.05-0.1 (index 2.3-3.8) and a blended trigger too (5.3); a warping trigger is not
+(1.1), nor a 0.01 rate (1.4). The rule is fragile on 8x8 images: the natural classes' masks cluster tightly,
+and of seven clean trainings of the same recipe three had a class above index 2. `norm_ratio` kept every clean
+model at >= 0.72 and every patch or blend backdoor (rates 0.01-0.1) at <= 0.64.
 """
 
 from __future__ import annotations
@@ -133,7 +139,7 @@ def neural_cleanse(
         success = _attack_success(model, x, y, targets, masks, patterns)
     finally:
         model.train(was_training)
-    norms = masks.abs().sum(dim=(1, 2))
+    norms = masks.sum(dim=(1, 2))
     index, median, mad = _anomaly_index(norms)
     triggers = tuple(
         ReversedTrigger(int(c), float(norms[i]), float(success[i]), bool(reached[i]), masks[i], patterns[i])
@@ -225,6 +231,9 @@ def _reverse(
     generator: torch.Generator,
     advance: Callable[[], None],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per class: the smallest mask (and its pattern) whose attack succeeded over an epoch, and whether one
+    did. Lambda, its counters and early stopping are kept per class as tensors; a class that stops is left out
+    of the following batches."""
     k, (c, h, w), device = len(targets), x.shape[1:], x.device
     targets = targets.to(device)
     mask_raw = _from_unit(torch.rand(k, h, w, generator=generator)).to(device).requires_grad_()

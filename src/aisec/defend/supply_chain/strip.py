@@ -27,8 +27,8 @@ _BLENDS_PER_BATCH = 8192
 @dataclass(frozen=True)
 class StripDetector:
     """`overlays` are the N clean images every input is superimposed on; inputs whose mean entropy (bits) lies
-    below `threshold` are flagged. `threshold` is the `frr` quantile of `calibration_entropy`, the entropies of
-    the clean inputs held out from the overlays."""
+    below `threshold` are flagged. `threshold` is the `frr` quantile of `calibration_entropy`, the entropies
+    of the clean inputs held out from the overlays."""
 
     model: nn.Module
     overlays: torch.Tensor
@@ -65,7 +65,7 @@ class StripEvaluation:
 def strip_entropy(
     model: nn.Module, x: torch.Tensor, overlays: torch.Tensor, *, lower: float = 0.0, upper: float = 1.0
 ) -> torch.Tensor:
-    """(n,) mean entropy in bits of softmax(model(clamp(x + o - lower))) over the overlays o, batched, no grad."""
+    """(n,) mean entropy in bits of softmax(model(clamp(x + o - lower))) over the overlays o, batched."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x, overlays = x.to(device), overlays.to(device)
     per_batch = max(1, _BLENDS_PER_BATCH // len(overlays))
