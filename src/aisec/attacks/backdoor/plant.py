@@ -42,16 +42,16 @@ def plant_backdoor(
     """Replace round(rate * n) training samples by triggered copies (labelled `target_class`).
 
     Dirty label draws them from the other classes, clean label from `target_class` itself. `select="random"`
-    draws uniformly from those samples; `select="typical"` takes the classes in turn (in a seeded order) and
-    draws each class's share from its `TYPICAL_SHARE` samples nearest the class mean: prototypical poisons,
+    draws uniformly from those samples; `select="typical"` (dirty label) takes the classes in turn (in a seeded
+    order) and draws each class's share from its `TYPICAL_SHARE` samples nearest the class mean: typical poisons,
     whose content argues hard for their own class, leave the trigger as the only explanation of the target
     label, and a spread over the classes teaches it to override each of them. With `adversary` (clean label
     only), the chosen samples are first perturbed by `adversary_steps` of L-inf PGD within `adversary_eps`,
     maximising the adversary's loss on their label (Turner et al. 2019), then triggered.
 
     Raises before any work: rate outside (0, 1), a trigger that does not fit the samples, fewer than two
-    classes, an unknown target class, too few samples to draw from, an unknown mode or selection, or an
-    adversary with dirty label or a non-positive budget.
+    classes, an unknown target class, too few samples to draw from, an unknown mode or selection, typical
+    selection with clean label, or an adversary with dirty label or a non-positive budget.
     """
     rate = check_rate(rate)
     trigger.check(tuple(data.x.shape[1:]))
@@ -60,6 +60,11 @@ def plant_backdoor(
         raise BadInputError(f"backdoor mode must be 'dirty' or 'clean', got {mode!r}")
     if select not in ("random", "typical"):
         raise BadInputError(f"poison selection must be 'random' or 'typical', got {select!r}")
+    if select == "typical" and mode != "dirty":
+        raise BadInputError(
+            "typical poison selection applies to dirty-label poisoning only: typical samples of the target "
+            "class are the weakest clean-label poisons, since their content already explains their label"
+        )
     if adversary is not None and mode != "clean":
         raise BadInputError("an adversarial perturbation (adversary) applies to clean-label poisoning only")
     if adversary is not None and not (adversary_eps > 0 and adversary_steps >= 1):

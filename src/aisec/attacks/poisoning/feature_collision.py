@@ -65,16 +65,18 @@ def feature_collision(
     feature term and suits features of norm ~50; `opacity` > 0 watermarks the bases toward the target first,
     as the paper does when many poisons are needed. Raises before any work on a target that is not one finite
     sample of the data's shape, an absent base class, fewer than two classes, a bad rate or count, an unknown
-    base selection, or non-positive beta, steps or lr.
+    base selection, or non-positive beta, lr or steps.
     """
     sample_shape = tuple(data.x.shape[1:])
     target = _one_sample(target_x, sample_shape)
     check_classes(data)
     if not (data.y == base_class).any():
         raise DataError(f"{data.name}: base class {base_class} does not occur in the labels")
-    for what, value in (("beta", beta), ("steps", steps), ("lr", lr)):
+    for what, value in (("beta", beta), ("lr", lr)):
         if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
             raise BadInputError(f"feature collision: {what} must be a positive number, got {value!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise BadInputError(f"feature collision: steps must be a positive integer, got {steps!r}")
     if not (isinstance(opacity, (int, float)) and 0 <= opacity < 1):
         raise BadInputError(f"feature collision: watermark opacity must be in [0, 1), got {opacity!r}")
     if bases not in ("random", "nearest"):
@@ -89,8 +91,7 @@ def feature_collision(
             chosen = pool[gap.argsort(stable=True)[:n]].sort().values
         else:
             chosen = pool[torch.randperm(len(pool), generator=generator)[:n]].sort().values
-    starts = (1 - opacity) * data.x[chosen] + opacity * target
-    with torch.no_grad():
+        starts = (1 - opacity) * data.x[chosen] + opacity * target
         base_distance = (feature_extractor(starts).flatten(1) - target_features).norm(dim=1)
     poisons = _forward_backward(feature_extractor, starts, target_features, beta, steps, lr, lower, upper)
     with torch.no_grad():
@@ -190,7 +191,9 @@ def _one_sample(target_x: torch.Tensor, sample_shape: tuple[int, ...]) -> torch.
 
 def _count(n: int, rate: float | None, count: int | None, available: int, base_class: int) -> int:
     if (rate is None) == (count is None):
-        raise BadInputError(f"feature collision: give exactly one of rate or count, got rate={rate}, count={count}")
+        raise BadInputError(
+            f"feature collision: give exactly one of rate or count, got rate={rate}, count={count}"
+        )
     what = f"of base class {base_class}"
     if rate is not None:
         return poison_count(n, check_rate(rate), available, what)

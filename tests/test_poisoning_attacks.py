@@ -1,0 +1,240 @@
+"""Label flipping and clean-label feature collision on the digits CNN: what the poisons are, what they cost the
+victim, and bad input refused before any work."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from aisec.attacks.poisoning.feature_collision import feature_collision, retrain_last_layer
+from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label_flip
+from aisec.data.builtin import Split
+from aisec.data.dataset import LabelledData
+from aisec.demo.models import accuracy, digits_cnn, train_classifier
+from aisec.errors import BadInputError, DataError
+
+BAD_RATES = [0, 1, -0.1, 1.5, math.nan]
+
+
+def victim(data: LabelledData) -> nn.Module:
+    """The victim's recipe (train_classifier defaults), from a seeded initialisation so figures repeat."""
+    torch.manual_seed(0)
+    return train_classifier(digits_cnn(), data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def clean_model(digits: Split) -> nn.Module:
+    return victim(digits.train)
+
+
+def class_accuracy(model: nn.Module, data: LabelledData, keep: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(data.x[keep]).argmax(1) == data.y[keep]).float().mean())
+
+
+# --- label flipping ---------------------------------------------------------------------------------------
+
+
+def test_random_flip_gives_other_classes_uniformly(digits: Split) -> None:
+    train = digits.train
+    p = random_label_flip(train, 0.9, generator=torch.Generator().manual_seed(0))
+    changed = p.data.y != train.y
+    assert torch.equal(changed, p.poisoned)
+    assert int(changed.sum()) == round(0.9 * len(train))
+    assert torch.equal(p.data.x, train.x)
+    offsets = torch.bincount((p.data.y - train.y)[changed] % 10, minlength=10)
+    assert offsets[0] == 0
+    expected = int(changed.sum()) / 9
+    assert ((offsets[1:] - expected).abs() < 0.3 * expected).all(), offsets.tolist()
+    again = random_label_flip(train, 0.9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.data.y, p.data.y)
+
+
+def test_targeted_flip_relabels_only_the_source(digits: Split) -> None:
+    train = digits.train
+    p = targeted_label_flip(train, 0.05, source=8, target=1, generator=torch.Generator().manual_seed(0))
+    assert int(p.poisoned.sum()) == round(0.05 * len(train))
+    assert (train.y[p.poisoned] == 8).all() and (p.data.y[p.poisoned] == 1).all()
+    assert torch.equal(p.data.y[~p.poisoned], train.y[~p.poisoned])
+
+
+@pytest.mark.parametrize("rate", BAD_RATES)
+def test_label_flip_refuses_bad_rates(digits: Split, rate: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    with pytest.raises(BadInputError, match=repr(rate)):
+        random_label_flip(digits.train, rate, generator=g)
+    with pytest.raises(BadInputError, match=repr(rate)):
+        targeted_label_flip(digits.train, rate, source=8, target=1, generator=g)
+    assert torch.equal(g.get_state(), state)
+
+
+def test_label_flip_refuses_bad_classes(digits: Split) -> None:
+    one_class = LabelledData(digits.train.x[:20], torch.zeros(20, dtype=torch.int64), "ones")
+    with pytest.raises(DataError, match="1 class"):
+        random_label_flip(one_class, 0.1)
+    with pytest.raises(BadInputError, match=r"same class \(3\)"):
+        targeted_label_flip(digits.train, 0.05, source=3, target=3)
+    with pytest.raises(DataError, match="source class 12"):
+        targeted_label_flip(digits.train, 0.05, source=12, target=1)
+    with pytest.raises(DataError, match="target class 12"):
+        targeted_label_flip(digits.train, 0.05, source=1, target=12)
+    with pytest.raises(DataError, match="only 122 are of source class 8"):
+        targeted_label_flip(digits.train, 0.2, source=8, target=1)
+    with pytest.raises(DataError, match="num_classes is 5"):
+        random_label_flip(digits.train, 0.1, num_classes=5)
+
+
+def test_label_flip_figures(digits: Split, clean_model: nn.Module) -> None:
+    """Measured (seeded init, generator seed 0): clean 0.991; random flips at 40 % -> 0.82; targeted 8 -> 1
+    at 8 % of the set (80 % of the 8s) -> 8s 0.96 -> 0.13, other classes unchanged to within a point."""
+    clean = accuracy(clean_model, digits.test)
+    noisy = victim(random_label_flip(digits.train, 0.4, generator=torch.Generator().manual_seed(0)).data)
+    assert accuracy(noisy, digits.test) < clean - 0.08
+    flipped = victim(
+        targeted_label_flip(
+            digits.train, 0.08, source=8, target=1, generator=torch.Generator().manual_seed(0)
+        ).data
+    )
+    eights = digits.test.y == 8
+    assert (
+        class_accuracy(flipped, digits.test, eights) < class_accuracy(clean_model, digits.test, eights) - 0.5
+    )
+    assert (
+        class_accuracy(flipped, digits.test, ~eights)
+        > class_accuracy(clean_model, digits.test, ~eights) - 0.02
+    )
+
+
+@pytest.mark.slow
+def test_label_flip_sweep(digits: Split, clean_model: nn.Module) -> None:
+    """The tables of the report: accuracy vs fraction flipped (random), source-class accuracy (targeted)."""
+    clean = accuracy(clean_model, digits.test)
+    random_acc = {}
+    for rate in (0.05, 0.1, 0.2, 0.4):
+        model = victim(random_label_flip(digits.train, rate, generator=torch.Generator().manual_seed(0)).data)
+        random_acc[rate] = accuracy(model, digits.test)
+    print("random flips: clean", round(clean, 4), {r: round(a, 4) for r, a in random_acc.items()})
+    assert all(a < clean for a in random_acc.values())
+    assert random_acc[0.4] < random_acc[0.05] - 0.03
+    eights = digits.test.y == 8
+    source_acc = {}
+    for rate in (0.02, 0.04, 0.06, 0.08):
+        p = targeted_label_flip(
+            digits.train, rate, source=8, target=1, generator=torch.Generator().manual_seed(0)
+        )
+        model = victim(p.data)
+        source_acc[rate] = (
+            class_accuracy(model, digits.test, eights),
+            class_accuracy(model, digits.test, ~eights),
+        )
+    print("targeted 8->1: (8s, others)", {r: (round(s, 3), round(o, 3)) for r, (s, o) in source_acc.items()})
+    assert source_acc[0.08][0] < 0.3 and source_acc[0.02][0] > source_acc[0.08][0] + 0.3
+    assert all(o > class_accuracy(clean_model, digits.test, ~eights) - 0.03 for _, o in source_acc.values())
+
+
+# --- feature collision ------------------------------------------------------------------------------------
+
+
+def extractor(model: nn.Module) -> nn.Module:
+    """The digits CNN up to its penultimate layer (64 features after the ReLU)."""
+    return nn.Sequential(*list(model)[:-1])
+
+
+def collision_trial(model: nn.Module, digits: Split, trial: int, count: int) -> tuple[bool, float]:
+    """One seeded target (a correctly classified test sample) and base class (another class): does the
+    last-layer victim put the target in the base class, and what test accuracy does it keep?"""
+    g = torch.Generator().manual_seed(1000 + trial)
+    with torch.no_grad():
+        correct = (model(digits.test.x).argmax(1) == digits.test.y).nonzero().flatten()
+    t = int(correct[torch.randint(len(correct), (1,), generator=g)])
+    base = (int(digits.test.y[t]) + int(torch.randint(1, 10, (1,), generator=g))) % 10
+    attack = feature_collision(
+        extractor(model),
+        digits.train,
+        digits.test.x[t],
+        base,
+        count=count,
+        beta=4.0,
+        opacity=0.3,
+        bases="nearest",
+        generator=g,
+    )
+    retrained = retrain_last_layer(model, attack.poisoned.data)
+    with torch.no_grad():
+        hit = int(retrained(digits.test.x[t : t + 1]).argmax(1)) == base
+    return hit, accuracy(retrained, digits.test)
+
+
+def test_feature_collision_poisons_keep_their_labels(digits: Split, clean_model: nn.Module) -> None:
+    target = digits.test.x[0]
+    attack = feature_collision(extractor(clean_model), digits.train, target, 3, count=5, opacity=0.3)
+    p = attack.poisoned
+    assert torch.equal(p.data.y, digits.train.y)
+    assert (digits.train.y[p.indices] == 3).all() and len(p.indices) == 5
+    assert torch.equal(p.data.x[p.indices], attack.poisons)
+    assert torch.equal(p.data.x[~p.poisoned], digits.train.x[~p.poisoned])
+    assert attack.poisons.min() >= 0 and attack.poisons.max() <= 1
+    assert (attack.feature_distance < 0.2 * attack.base_distance).all()
+
+
+def test_retrain_last_layer_touches_only_the_head(digits: Split, clean_model: nn.Module) -> None:
+    before = [p.clone() for p in clean_model.parameters()]
+    retrained = retrain_last_layer(clean_model, digits.train, epochs=5)
+    assert all(torch.equal(a, b) for a, b in zip(before, clean_model.parameters(), strict=True))
+    new = list(retrained.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before[:-2], new[:-2], strict=True))
+    assert not torch.equal(before[-2], new[-2])
+    assert accuracy(retrained, digits.test) > 0.97
+
+
+def test_feature_collision_figure(digits: Split, clean_model: nn.Module) -> None:
+    """Measured: 10 poisons (beta 4, opacity 0.3, nearest bases) hit 8 of the first 8 targets (18 of 20 over
+    20), keeping clean accuracy >= 0.978 against 0.989 for the last layer retrained on clean data."""
+    clean = accuracy(retrain_last_layer(clean_model, digits.train), digits.test)
+    trials = [collision_trial(clean_model, digits, t, 10) for t in range(8)]
+    assert sum(hit for hit, _ in trials) >= 6
+    assert min(acc for _, acc in trials) > clean - 0.02
+
+
+@pytest.mark.slow
+def test_feature_collision_success_vs_poisons(digits: Split, clean_model: nn.Module) -> None:
+    """The report's table: success over 20 targets vs number of poisons."""
+    clean = accuracy(retrain_last_layer(clean_model, digits.train), digits.test)
+    table = {}
+    for count in (1, 5, 10, 25):
+        trials = [collision_trial(clean_model, digits, t, count) for t in range(20)]
+        table[count] = (sum(hit for hit, _ in trials), min(acc for _, acc in trials))
+    print("feature collision: clean", round(clean, 4), "count -> (hits of 20, min accuracy)", table)
+    assert table[1][0] <= 12 and table[25][0] >= 16 and table[10][0] >= 14
+    assert all(acc > clean - 0.03 for _, acc in table.values())
+
+
+def test_feature_collision_refuses_bad_input(digits: Split, clean_model: nn.Module) -> None:
+    f = extractor(clean_model)
+    train, t = digits.train, digits.test.x[0]
+    for rate in BAD_RATES:
+        with pytest.raises(BadInputError, match=repr(rate)):
+            feature_collision(f, train, t, 3, rate)
+    with pytest.raises(DataError, match=r"\(1, 8, 8\).*\(2, 1, 8, 8\)"):
+        feature_collision(f, train, digits.test.x[:2], 3, count=1)
+    with pytest.raises(DataError, match="NaN"):
+        feature_collision(f, train, torch.full((1, 8, 8), math.nan), 3, count=1)
+    with pytest.raises(DataError, match="base class 10"):
+        feature_collision(f, train, t, 10, count=1)
+    with pytest.raises(BadInputError, match="exactly one of rate or count"):
+        feature_collision(f, train, t, 3, 0.01, count=3)
+    with pytest.raises(BadInputError, match="count must be a positive integer, got 0"):
+        feature_collision(f, train, t, 3, count=0)
+    with pytest.raises(DataError, match="only 128 are of base class 3"):
+        feature_collision(f, train, t, 3, count=500)
+    with pytest.raises(BadInputError, match="beta must be a positive number, got -1"):
+        feature_collision(f, train, t, 3, count=1, beta=-1)
+    with pytest.raises(BadInputError, match="opacity must be in \\[0, 1\\), got 1"):
+        feature_collision(f, train, t, 3, count=1, opacity=1)
+    one_class = LabelledData(train.x[:20], torch.full((20,), 3), "threes")
+    with pytest.raises(DataError, match="1 class"):
+        feature_collision(f, one_class, t, 3, count=1)
