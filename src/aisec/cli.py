@@ -136,8 +136,8 @@ def demo(
         from aisec.report.writer import write_reports
 
         console.print(
-            "training the demo CNN on digits and assessing it: evasion, extraction, inversion and membership "
-            "inference (about four minutes on 2 CPU cores)..."
+            "training the demo CNN on digits and assessing it: evasion, extraction, inversion, membership "
+            "inference, poisoning and backdoors (ten minutes or more on 2 CPU cores)..."
         )
         with _progress(quiet) as progress:
             plan_path, assessment = run_demo(output, progress)
