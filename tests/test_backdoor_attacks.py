@@ -94,18 +94,21 @@ def test_clean_label_adversarial_poisons(digits: Split, adversary: nn.Module) ->
 # --- figures ----------------------------------------------------------------------------------------------
 
 
-def test_badnets_patch_at_one_percent(digits: Split, clean_accuracy: float) -> None:
-    """The hardest rate of the required figure (measured ASR 0.99, clean 0.987 at generator seed 1)."""
-    success, clean = backdoor(digits, PATCH, 0.01, 1, select="typical")
-    assert success > 0.9 and clean > clean_accuracy - 0.02
+def test_badnets_patch_figure(digits: Split, clean_accuracy: float) -> None:
+    """Required figure: a 3x3 white patch with typical poisons gives attack success > 90 % at 1, 5 and 10 %
+    poison, clean accuracy within 2 points of the clean model (measured at generator seed 1: ASR 0.971, 0.998,
+    1.0; clean 0.993, 0.989, 0.991 against 0.987)."""
+    for rate in (0.01, 0.05, 0.1):
+        success, clean = backdoor(digits, PATCH, rate, 1, select="typical")
+        assert success > 0.9 and clean > clean_accuracy - 0.02, (rate, success, clean)
 
 
 @pytest.mark.slow
-def test_badnets_patch_figure(digits: Split, clean_accuracy: float) -> None:
-    """Required figure: attack success > 90 % at 1, 5 and 10 % poison, clean accuracy within 2 points."""
+def test_badnets_patch_figure_over_seeds(digits: Split, clean_accuracy: float) -> None:
+    """The report's per-seed table: 10 poison draws at 1 % (measured ASR >= 0.971), 3 at 5 % (>= 0.998)."""
     table = {
         (rate, seed): backdoor(digits, PATCH, rate, seed, select="typical")
-        for rate, seeds in ((0.01, range(1, 11)), (0.05, range(1, 4)), (0.1, (1,)))
+        for rate, seeds in ((0.01, range(1, 11)), (0.05, range(1, 4)))
         for seed in seeds
     }
     print(
@@ -118,22 +121,36 @@ def test_badnets_patch_figure(digits: Split, clean_accuracy: float) -> None:
 
 
 @pytest.mark.slow
+def test_random_poisons_are_weaker_at_one_percent(digits: Split) -> None:
+    """The same patch with uniformly drawn poisons (measured ASR 0.80-0.99 over 10 draws, mean 0.91)."""
+    typical = [backdoor(digits, PATCH, 0.01, seed, select="typical")[0] for seed in range(1, 6)]
+    uniform = [backdoor(digits, PATCH, 0.01, seed)[0] for seed in range(1, 6)]
+    print(
+        "1 % patch ASR, typical vs random poisons:",
+        [round(a, 3) for a in typical],
+        [round(a, 3) for a in uniform],
+    )
+    assert sum(typical) > sum(uniform) and min(typical) > min(uniform)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    ("trigger", "thresholds"),
+    ("trigger", "ranges"),
     [
-        (BlendTrigger(), {0.01: 0.0, 0.05: 0.9, 0.1: 0.95}),
-        (WarpTrigger(), {0.01: 0.8, 0.05: 0.95, 0.1: 0.95}),
+        (BlendTrigger(), {0.01: (0.1, 0.6), 0.05: (0.85, 1.0), 0.1: (0.95, 1.0)}),
+        (WarpTrigger(), {0.01: (0.75, 1.0), 0.05: (0.95, 1.0), 0.1: (0.95, 1.0)}),
     ],
     ids=["blend", "warp"],
 )
 def test_blend_and_warp_figures(
-    digits: Split, clean_accuracy: float, trigger: Trigger, thresholds: dict
+    digits: Split, clean_accuracy: float, trigger: Trigger, ranges: dict[float, tuple[float, float]]
 ) -> None:
-    """Random poisons, generator seed 1; thresholds from the measured table of the report."""
-    for rate, least in thresholds.items():
+    """Random poisons, generator seed 1 (measured ASR blend 0.29 / 0.944 / 0.998, warp 0.848 / 0.984 / 0.99 at
+    1 / 5 / 10 %): the blend needs more than 1 % on 8x8 digits, the warp nearly reaches 90 % there."""
+    for rate, (least, most) in ranges.items():
         success, clean = backdoor(digits, trigger, rate, 1)
         print(trigger.name, rate, round(success, 3), round(clean, 3))
-        assert success > least and clean > clean_accuracy - 0.02
+        assert least < success <= most and clean > clean_accuracy - 0.02
 
 
 @pytest.mark.slow
@@ -158,7 +175,8 @@ def test_clean_label_needs_the_adversarial_perturbation(
 
 
 def test_clean_label_adversarial_figure(digits: Split, adversary: nn.Module) -> None:
-    """One point of the slow table: adversarial clean-label poisons at 8 % plant the backdoor."""
+    """One point of the slow table: adversarial clean-label poisons at 8 % plant the backdoor (measured 0.944;
+    0.202 without the perturbation)."""
     success, _ = backdoor(digits, PATCH, 0.08, 1, mode="clean", adversary=adversary, adversary_eps=0.3)
     assert success > 0.8
 

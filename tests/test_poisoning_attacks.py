@@ -89,8 +89,8 @@ def test_label_flip_refuses_bad_classes(digits: Split) -> None:
 
 
 def test_label_flip_figures(digits: Split, clean_model: nn.Module) -> None:
-    """Measured (seeded init, generator seed 0): clean 0.991; random flips at 40 % -> 0.82; targeted 8 -> 1
-    at 8 % of the set (80 % of the 8s) -> 8s 0.96 -> 0.13, other classes unchanged to within a point."""
+    """Measured (generator seed 0): clean 0.987; random flips of 40 % of the labels -> 0.820; targeted 8 -> 1
+    on 8 % of the set (83 % of the 8s): accuracy on 8s 0.962 -> 0.173, on the other classes 0.990 -> 0.988."""
     clean = accuracy(clean_model, digits.test)
     noisy = victim(random_label_flip(digits.train, 0.4, generator=torch.Generator().manual_seed(0)).data)
     assert accuracy(noisy, digits.test) < clean - 0.08

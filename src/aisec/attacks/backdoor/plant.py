@@ -92,13 +92,9 @@ def plant_backdoor(
     y[chosen] = target_class
     poisoned = torch.zeros(len(data), dtype=torch.bool)
     poisoned[chosen] = True
-    how = (
-        mode
-        + (", adversarial" if adversary is not None else "")
-        + (", typical" if select == "typical" else "")
-    )
-    name = f"{data.name} + {trigger.name} backdoor ({how} label, {rate:g})"
-    attack = f"backdoor/{trigger.name}/{mode}" + ("+adversarial" if adversary is not None else "")
+    variant = "+adversarial" if adversary is not None else "+typical" if select == "typical" else ""
+    name = f"{data.name} + {trigger.name} backdoor ({mode} label{variant}, {rate:g})"
+    attack = f"backdoor/{trigger.name}/{mode}{variant}"
     return PoisonedData(LabelledData(x, y, name), poisoned, attack, rate)
 
 
@@ -130,7 +126,10 @@ def _away_from_label(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int, lower: float, upper: float
 ) -> torch.Tensor:
     """L-inf PGD (Madry et al. 2018) maximising the cross-entropy of `model` on the true labels `y`, within
-    `eps` of `x` and inside [lower, upper]; every step is kept (no early stop), as Turner et al. use it."""
+    `eps` of `x` and inside [lower, upper]; the last iterate is kept (no early stop), as Turner et al. use it.
+    Runs on the device of the model's weights and returns on the device of `x`."""
+    x_home, device = x.device, next((p.device for p in model.parameters()), x.device)
+    x, y = x.to(device), y.to(device)
     lo, hi = (x - eps).clamp(min=lower), (x + eps).clamp(max=upper)
     alpha = 2.5 * eps / steps
     x_adv = x.clone()
@@ -139,4 +138,4 @@ def _away_from_label(
         loss = nn.functional.cross_entropy(model(x_adv), y)
         (grad,) = torch.autograd.grad(loss, x_adv)
         x_adv = torch.maximum(torch.minimum(x_adv.detach() + alpha * grad.sign(), hi), lo)
-    return x_adv
+    return x_adv.to(x_home)
