@@ -137,10 +137,10 @@ class BackdoorProbe:
                                           lower=lower, upper=upper, generator=generator)  # fmt: skip
                 model = retrain(training, poisoned.data, seed)
                 measure = functools.partial(
-                    _measure,
-                    evaluation=evaluation,
+                    measure_backdoor,
+                    test=evaluation,
                     trigger=trigger,
-                    target=config.target_class,
+                    target_class=config.target_class,
                     lower=lower,
                     upper=upper,
                 )
@@ -240,12 +240,6 @@ class BackdoorProbe:
                 "training with per-example clipping and noise",
             ))  # fmt: skip
         return tuple(detection), repairs
-
-
-def _measure(
-    model: nn.Module, *, evaluation: LabelledData, trigger: Trigger, target: int, lower: float, upper: float
-) -> BackdoorMeasurement:
-    return measure_backdoor(model, evaluation, trigger, target, lower=lower, upper=upper)
 
 
 def _fine_pruned(

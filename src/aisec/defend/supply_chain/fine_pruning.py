@@ -78,7 +78,8 @@ def fine_prune(
     val_x, val_y = x[order[:n_val]], y[order[:n_val]]
     tune_x, tune_y = x[order[n_val:]], y[order[n_val:]]
 
-    repaired = copy.deepcopy(model).eval().requires_grad_(True)
+    repaired = copy.deepcopy(model).requires_grad_(True)
+    repaired.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
     with torch.no_grad():
         classes = repaired(x[:1]).shape[-1]
     if int(y.min()) < 0 or int(y.max()) >= classes:
@@ -100,7 +101,7 @@ def fine_prune(
         accuracy = trial
     _fine_tune(repaired, target, pruned, tune_x, tune_y, fine_tune_epochs, lr, batch_size, generator)
     return FinePruningResult(
-        repaired.eval(),
+        repaired.eval(),  # trusted: nn.Module.eval() (inference mode), not eval()
         name,
         tuple(pruned),
         len(ranking),
@@ -206,4 +207,4 @@ def _fine_tune(
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
             _zero(layer, pruned)
-    model.eval()
+    model.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
