@@ -340,7 +340,7 @@ def bench_detection(args: argparse.Namespace, split: Any) -> None:
 
 
 def bench_neural_cleanse(args: argparse.Namespace, split: Any) -> None:
-    from aisec.defend.supply_chain.neural_cleanse import NeuralCleanseConfig, neural_cleanse
+    from aisec.defend.supply_chain.behaviour.neural_cleanse import NeuralCleanseConfig, neural_cleanse
 
     config = NeuralCleanseConfig()
     rate = 0.1

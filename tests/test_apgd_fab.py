@@ -19,9 +19,9 @@ from aisec.attacks.evasion.fab import FABConfig, fab, fab_targeted, project_on_h
 from aisec.attacks.evasion.norms import Norm
 from aisec.attacks.evasion.pgd import PGDConfig, pgd
 from aisec.attacks.evasion.result import EvasionResult
+from aisec.core.errors import CapabilityError, DataError
 from aisec.data.builtin import load_builtin
 from aisec.demo.models import digits_cnn, train_classifier
-from aisec.errors import CapabilityError, DataError
 from aisec.targets.base import InputSpec, Target
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only

@@ -7,9 +7,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from aisec.assess.plan import EvasionProbeSection, ProbesSection
-from aisec.assess.runner import run_assessment
-from aisec.assess.threat_model import ThreatModel
+from aisec.assessment.plan import EvasionProbeSection, ProbesSection
+from aisec.assessment.runner import run_assessment
+from aisec.assessment.threat_model import ThreatModel
 from aisec.cli import app
 from aisec.data.dataset import LabelledData
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from aisec.attacks.inference.attribute import infer_attribute
+from aisec.core.errors import BadInputError, CapabilityError
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import train_classifier
-from aisec.errors import BadInputError, CapabilityError
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only

@@ -12,10 +12,10 @@ from torch import nn
 from aisec.attacks.backdoor.plant import TYPICAL_SHARE, plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import accuracy, digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 
 PATCH = PatchTrigger(pattern="square", corner="bottom_left")  # a white 3x3 square, bottom-left corner
 TARGET = 0

@@ -46,7 +46,7 @@ def test_cascade_is_the_per_sample_worst_case(digits, digits_target):
 
 
 def test_minimal_perturbation_never_loses_the_cascades_evidence(digits, digits_target):
-    from aisec.assess.probes.evasion import _minimal
+    from aisec.assessment.probes.evasion import _minimal
 
     x, y = digits.test.x[:150], digits.test.y[:150]
     gen = torch.Generator().manual_seed(0)

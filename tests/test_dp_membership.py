@@ -36,7 +36,7 @@ from aisec.attacks.inference.membership import (
     train_shadows,
 )
 from aisec.data.dataset import LabelledData
-from aisec.defend.privacy.dp_training import fit_with_dp, train_dp
+from aisec.defend.robustness.dp_training import fit_with_dp, train_dp
 from aisec.demo.models import train_classifier
 from aisec.targets.torch_target import TorchTarget
 

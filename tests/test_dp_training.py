@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aisec.defend.privacy.dp_training import train_dp
+from aisec.core.errors import BadInputError
+from aisec.defend.robustness.dp_training import train_dp
 from aisec.demo.models import accuracy, digits_cnn
-from aisec.errors import BadInputError
 
 
 def test_dp_training_spends_its_budget_and_keeps_a_useful_model(digits):

@@ -20,8 +20,8 @@ from aisec.attacks.extraction.equation_solving import (
 )
 from aisec.attacks.extraction.learning import LearningConfig, extract_surrogate
 from aisec.attacks.extraction.metrics import accuracy, agreement, parameter_error, transfer_rate
+from aisec.core.errors import BadInputError, CapabilityError, DataError
 from aisec.data.builtin import Split, load_builtin
-from aisec.errors import BadInputError, CapabilityError, DataError
 from aisec.targets.base import Access, InputSpec, Target
 from aisec.targets.callable_target import CallableTarget
 from aisec.targets.sklearn_models import sklearn_target

@@ -10,10 +10,10 @@ from torch import nn
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import PatchTrigger
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.defend.supply_chain.fine_pruning import fine_prune
+from aisec.defend.supply_chain.behaviour.fine_pruning import fine_prune
 from aisec.demo.models import digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 
 PATCH = PatchTrigger(size=3, pattern="square")
 

@@ -14,6 +14,7 @@ from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.attacks.poisoning.label_flip import random_label_flip
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.gradient_shaping import (
     GradientShapingConfig,
@@ -21,7 +22,6 @@ from aisec.defend.data_quality.gradient_shaping import (
     train_with_gradient_shaping,
 )
 from aisec.demo.models import accuracy, digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 
 TRIGGER = PatchTrigger(pattern="square")
 

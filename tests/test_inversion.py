@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from aisec.attacks.inversion.class_representative import InversionConfig, identification, invert_classes
+from aisec.core.errors import BadInputError, CapabilityError
 from aisec.demo.models import train_classifier
-from aisec.errors import BadInputError, CapabilityError
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only, scores_only

@@ -23,10 +23,10 @@ from aisec.attacks.inference.membership import (
     train_shadows,
 )
 from aisec.attacks.inference.scores import logit_score
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.defend.output_hardening import harden
+from aisec.defend.robustness.output_hardening import harden
 from aisec.demo.models import digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 from aisec.targets.base import InputSpec
 from aisec.targets.callable_target import CallableTarget
 from aisec.targets.torch_target import TorchTarget

@@ -2,9 +2,9 @@
 
 import torch
 
-from aisec.assess.plan import EvasionProbeSection, PolicySection, ProbesSection
-from aisec.assess.runner import run_assessment
-from aisec.assess.threat_model import ThreatModel
+from aisec.assessment.plan import EvasionProbeSection, PolicySection, ProbesSection
+from aisec.assessment.runner import run_assessment
+from aisec.assessment.threat_model import ThreatModel
 from aisec.data.dataset import LabelledData
 
 
@@ -42,7 +42,7 @@ def test_honest_model_passes_the_checks(digits, digits_target):
 
 
 def test_randomised_model_is_flagged(digits, digits_model):
-    from aisec.assess.masking import randomised_forward
+    from aisec.assessment.masking import randomised_forward
     from aisec.targets.base import InputSpec
     from aisec.targets.torch_target import TorchTarget
 
@@ -70,7 +70,7 @@ def _outcome(eps, robust_left, fooled_by_square, n):
 
 
 def test_black_box_check_needs_evidence_not_a_share_of_two():
-    from aisec.assess.masking import black_box_beats_white_box
+    from aisec.assessment.masking import black_box_beats_white_box
     from aisec.attacks.evasion.cascade import CascadeResult
 
     def cascade(left, fooled, n=200):

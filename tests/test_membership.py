@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 from torch import nn
 
-from aisec.assess.executor import InProcessExecutor, LocalProcessExecutor
+from aisec.assessment.probes.membership import roc_chart
 from aisec.attacks.inference.membership import (
     MembershipResult,
     ShadowModels,
@@ -31,12 +31,13 @@ from aisec.attacks.inference.membership import (
     rmia,
     train_shadows,
 )
-from aisec.attacks.inference.roc import roc_chart, roc_curve
+from aisec.attacks.inference.roc import roc_curve
 from aisec.attacks.inference.scores import logit_score
+from aisec.core.errors import BadInputError, CapabilityError
+from aisec.core.executor import InProcessExecutor, LocalProcessExecutor
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import digits_cnn, train_classifier
-from aisec.errors import BadInputError, CapabilityError
 from aisec.targets.callable_target import CallableTarget
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aisec.defend.output_hardening import harden
-from aisec.errors import BadInputError, CapabilityError
+from aisec.core.errors import BadInputError, CapabilityError
+from aisec.defend.robustness.output_hardening import harden
 from aisec.targets.base import Access
 from aisec.targets.views import label_only
 

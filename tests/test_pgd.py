@@ -6,7 +6,7 @@ import torch
 from aisec.attacks.evasion.fgsm import FGSMConfig, fgsm
 from aisec.attacks.evasion.norms import batch_norm
 from aisec.attacks.evasion.pgd import PGDConfig, pgd
-from aisec.errors import CapabilityError, DataError
+from aisec.core.errors import CapabilityError, DataError
 from aisec.targets.views import scores_only
 
 

@@ -4,8 +4,8 @@ import textwrap
 
 import pytest
 
-from aisec.assess.plan import load_plan
-from aisec.errors import PlanError
+from aisec.assessment.plan import load_plan
+from aisec.core.errors import PlanError
 
 GOOD = """\
 name: t

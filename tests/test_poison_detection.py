@@ -15,6 +15,7 @@ import torch
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import PatchTrigger
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.activation_clustering import activation_clustering
@@ -30,7 +31,6 @@ from aisec.defend.data_quality.reference_distance import reference_distance
 from aisec.defend.data_quality.screening import screen_for_backdoor
 from aisec.defend.data_quality.spectral_signatures import SpectralSignaturesConfig, spectral_signatures
 from aisec.demo.models import digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 
 TRIGGER = PatchTrigger(pattern="square")
 

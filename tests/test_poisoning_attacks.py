@@ -11,10 +11,10 @@ from torch import nn
 
 from aisec.attacks.poisoning.feature_collision import feature_collision, retrain_last_layer
 from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label_flip
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import accuracy, digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 
 BAD_RATES = [0, 1, -0.1, 1.5, math.nan]
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from aisec.defend.monitoring.prada import PradaDetector, replay
-from aisec.errors import BadInputError
+from aisec.core.errors import BadInputError
+from aisec.defend.robustness.prada import PradaDetector, replay
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from aisec.assess.finding import Assessment, Finding
-from aisec.assess.plan import (
+from aisec.assessment.finding import Assessment, Finding
+from aisec.assessment.plan import (
     AttributeProbeSection,
     DefencesSection,
     DPTrainingSection,
@@ -27,13 +27,13 @@ from aisec.assess.plan import (
     OutputHardeningSection,
     ProbesSection,
 )
-from aisec.assess.probe import Training
-from aisec.assess.runner import run_assessment
-from aisec.assess.threat_model import ThreatModel
+from aisec.assessment.probe import Training
+from aisec.assessment.runner import run_assessment
+from aisec.assessment.threat_model import ThreatModel
+from aisec.core.errors import BadInputError, CapabilityError
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import train_classifier
-from aisec.errors import BadInputError, CapabilityError
 from aisec.report import load_schema, to_json_dict
 from aisec.targets.base import Access, InputSpec
 from aisec.targets.sklearn_models import sklearn_target

@@ -16,7 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from aisec.assess.finding import (
+from aisec.assessment.finding import (
     Assessment,
     Chart,
     Estimate,
@@ -28,12 +28,12 @@ from aisec.assess.finding import (
     PolicyCheck,
     Provenance,
     Series,
-    Severity,
     SubjectInfo,
     Table,
 )
-from aisec.attacks import AttackClass
-from aisec.errors import BadInputError
+from aisec.core.attack_class import AttackClass
+from aisec.core.errors import BadInputError
+from aisec.core.severity import Severity
 from aisec.report import FILE_NAMES, load_schema, to_json_dict, write_reports
 from aisec.report.html import format_metric
 

@@ -15,9 +15,9 @@ from aisec.attacks.evasion.norms import Norm, batch_norm
 from aisec.attacks.evasion.pgd import PGDConfig, pgd, pgd_per_sample
 from aisec.attacks.evasion.result import EvasionResult
 from aisec.attacks.evasion.square import SquareConfig, square
+from aisec.core.errors import CapabilityError, DataError
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
-from aisec.errors import CapabilityError, DataError
 from aisec.targets.base import Access, InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only, scores_only

@@ -9,10 +9,10 @@ from torch import nn
 
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.triggers import BlendTrigger, PatchTrigger, WarpTrigger
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.defend.supply_chain.strip import StripDetector, evaluate_strip, fit_strip
+from aisec.defend.robustness.strip import StripDetector, evaluate_strip, fit_strip
 from aisec.demo.models import digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 
 PATCH = PatchTrigger(size=3, pattern="square")
 

@@ -25,8 +25,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, MinMaxScaler, StandardScaler
 from sklearn.svm import LinearSVC
 
+from aisec.core.errors import CapabilityError, DataError, ModelLoadError
 from aisec.data.builtin import load_builtin
-from aisec.errors import CapabilityError, DataError, ModelLoadError
 from aisec.targets import (
     Access,
     CallableTarget,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aisec.assess.plan import (
+from aisec.assessment.plan import (
     BackdoorProbeSection,
     DefencesSection,
     GradientShapingSection,
@@ -14,11 +14,11 @@ from aisec.assess.plan import (
     PoisoningProbeSection,
     ProbesSection,
 )
-from aisec.assess.probe import Training
-from aisec.assess.runner import run_assessment
+from aisec.assessment.probe import Training
+from aisec.assessment.runner import run_assessment
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import digits_cnn, train_classifier
-from aisec.errors import BadInputError, DataError
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 

@@ -3,17 +3,16 @@
 Importing aisec is cheap: torch, scikit-learn and onnxruntime load only when a command needs them.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-try:
-    __version__ = version("aisec")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+source"
+from typing import Any
+
+from aisec.core.version import __version__
 
 __all__ = ["__version__", "load_model"]
 
 
-def __getattr__(name: str):  # noqa: ANN202 - module-level lazy export
+def __getattr__(name: str) -> Any:
     """`aisec.load_model` (docs/supply-chain.md), imported on first use so `import aisec` stays cheap."""
     if name == "load_model":
         from aisec.defend.supply_chain.loading import load_model

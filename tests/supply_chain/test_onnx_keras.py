@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aisec.assess.finding import Severity
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.context import Budget, LimitExceeded, ScanContext, Unparseable
 from aisec.defend.supply_chain.formats.keras import (
     looks_like_hdf5,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aisec.assess.finding import Severity
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.context import Budget, LimitExceeded, ScanContext, Unparseable
 from aisec.defend.supply_chain.formats.gguf import looks_like_gguf, scan_gguf
 from aisec.defend.supply_chain.formats.safetensors import looks_like_safetensors, scan_safetensors

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from aisec.cli import app
+from aisec.core.errors import ModelLoadError
 from aisec.defend.supply_chain.loading import load_model
-from aisec.errors import ModelLoadError
 
 SCHEMA = Path(__file__).parents[2] / "src/aisec/report/schema/scan.schema.json"
 runner = CliRunner()
@@ -139,8 +139,8 @@ def test_untrusted_sklearn_target_loads_through_the_scanner(tmp_path: Path) -> N
     import joblib
     from sklearn.linear_model import LogisticRegression
 
-    from aisec.assess.plan import TargetSection
-    from aisec.targets.loading import load_target
+    from aisec.assessment.plan import TargetSection
+    from aisec.assessment.subject import load_target
 
     x, y = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
     joblib.dump(LogisticRegression().fit(x, y), tmp_path / "m.joblib")

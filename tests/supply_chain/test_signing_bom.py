@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from aisec.assess.finding import Severity
+from aisec.core.errors import BadInputError
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.bom import MODEL_REF, DatasetRef, build_bom, write_bom
 from aisec.defend.supply_chain.result import FileScan, ScanFinding
 from aisec.defend.supply_chain.signing import (
@@ -23,7 +24,6 @@ from aisec.defend.supply_chain.signing import (
     sign_model,
     verify_model,
 )
-from aisec.errors import BadInputError
 
 pytest.importorskip("model_signing")
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from aisec.core.errors import DataError
 from aisec.data.dataset import LabelledData
-from aisec.errors import DataError
 
 BUILTIN = ("digits", "breast_cancer")
 

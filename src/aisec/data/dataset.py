@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aisec.errors import DataError
+from aisec.core.errors import DataError
 
 
 @dataclass(frozen=True)

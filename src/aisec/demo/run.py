@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from aisec.assess.finding import Assessment
-from aisec.assess.progress import Progress
+from aisec.assessment.finding import Assessment
+from aisec.core.progress import Progress
 
 DEMO_PLAN = {
     "name": "Demo: digits CNN under evasion, extraction, inversion, membership inference, poisoning and backdoors",
@@ -77,8 +77,8 @@ def prepare_demo(workdir: Path, *, seed: int = 0) -> Path:
 
 def run_demo(workdir: Path, progress: Progress | None = None) -> tuple[Path, Assessment]:
     """Everything `make demo` does short of writing the report: returns the plan's path and the assessment."""
-    from aisec.assess.plan import load_plan
-    from aisec.assess.runner import run_plan
+    from aisec.assessment.plan import load_plan
+    from aisec.assessment.runner import run_plan
 
     plan_path = prepare_demo(workdir)
     plan, digest = load_plan(plan_path)

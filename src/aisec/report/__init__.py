@@ -1,6 +1,6 @@
 """Reports: an assessment's findings as JSON, HTML with plots, SARIF 2.1.0 and JUnit XML.
 
-A writer only reads an `aisec.assess.finding.Assessment`; it never runs an attack.
+A writer only reads an `aisec.assessment.finding.Assessment`; it never runs an attack.
 
     from aisec.report import write_reports
     paths = write_reports(assessment, "out/")  # report.json, report.html, report.sarif, report.junit.xml

@@ -22,7 +22,8 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from aisec.assess.finding import Assessment, Chart, Estimate, Example, Finding, Metric, Picture, Severity
+from aisec.assessment.finding import Assessment, Chart, Estimate, Example, Finding, Metric, Picture
+from aisec.core.severity import Severity
 from aisec.report.json_report import SCHEMA_ID, jsonable
 
 # Colour-blind-safe palette (Okabe and Ito) for chart series.

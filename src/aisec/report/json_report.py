@@ -16,7 +16,7 @@ from importlib import resources
 from numbers import Integral, Real
 from typing import Any
 
-from aisec.assess.finding import Assessment, Finding
+from aisec.assessment.finding import Assessment, Finding
 
 SCHEMA_ID = "aisec.assessment/1"
 

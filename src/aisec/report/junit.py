@@ -19,8 +19,8 @@ import math
 import re
 import xml.etree.ElementTree as ET
 
-from aisec.assess.finding import Assessment, Finding, PolicyCheck
-from aisec.attacks import AttackClass
+from aisec.assessment.finding import Assessment, Finding, PolicyCheck
+from aisec.core.attack_class import AttackClass
 from aisec.report.json_report import jsonable
 
 # Characters XML 1.0 forbids even escaped (control characters, lone surrogates, U+FFFE/U+FFFF).

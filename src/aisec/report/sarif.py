@@ -20,13 +20,16 @@ from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import quote
 
-from aisec.assess.finding import Assessment, Finding, Severity
+from aisec.assessment.finding import Assessment, Finding
+from aisec.core.severity import Severity
 from aisec.report.json_report import jsonable
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 # The project's home page, shown by SARIF viewers beside the tool name.
 
-_LEVEL = {
+# Shared by both SARIF writers (assessments here, scans in report/scan.py), so one severity reads the same in
+# every log aisec writes.
+LEVEL = {
     Severity.CRITICAL: "error",
     Severity.HIGH: "error",
     Severity.MEDIUM: "warning",
@@ -34,7 +37,8 @@ _LEVEL = {
     Severity.INFO: "note",
 }
 # GitHub code scanning ranks security alerts by this score (9.0+ critical, 7.0+ high, 4.0+ medium, else low).
-_SECURITY_SEVERITY = {
+# An informational rule is no security alert: it has no score (GitHub would rank 0.0 as "low").
+SECURITY_SEVERITY = {
     Severity.CRITICAL: "9.5",
     Severity.HIGH: "8.0",
     Severity.MEDIUM: "5.5",
@@ -98,13 +102,13 @@ def _rule(rule_id: str, findings: tuple[Finding, ...]) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "tags": ["security", "ai", *dict.fromkeys(f.attack_class.value for f in mine)],
     }
-    if severity in _SECURITY_SEVERITY:
-        properties["security-severity"] = _SECURITY_SEVERITY[severity]
+    if severity in SECURITY_SEVERITY:
+        properties["security-severity"] = SECURITY_SEVERITY[severity]
     return {
         "id": rule_id,
         "shortDescription": {"text": mine[0].title},
         "help": {"text": mine[0].recommendation},
-        "defaultConfiguration": {"level": _LEVEL[severity]},
+        "defaultConfiguration": {"level": LEVEL[severity]},
         "properties": properties,
     }
 
@@ -112,7 +116,7 @@ def _rule(rule_id: str, findings: tuple[Finding, ...]) -> dict[str, Any]:
 def _result(finding: Finding, rule_index: int, uri: str | None) -> dict[str, Any]:
     """The SARIF result of one finding, located at the model's `uri` (run.artifacts[0]) when known."""
     if finding.breaks_policy:
-        kind, level = "fail", _LEVEL[finding.severity]
+        kind, level = "fail", LEVEL[finding.severity]
     else:
         informational = finding.severity is Severity.INFO and finding.reliable
         kind, level = ("informational" if informational else "review"), "none"

@@ -9,8 +9,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from aisec.assess.finding import Assessment
-from aisec.errors import BadInputError
+from aisec.assessment.finding import Assessment
+from aisec.core.errors import BadInputError
 
 # format: (file name, "module:function" rendering it to text; imported only when that format is asked for,
 # so that JSON or SARIF alone never loads matplotlib)

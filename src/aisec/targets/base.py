@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from aisec.errors import CapabilityError, DataError
+from aisec.core.errors import CapabilityError, DataError
 
 if TYPE_CHECKING:
     import torch

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from aisec.errors import BadInputError, DataError
+from aisec.core.errors import BadInputError, DataError
 from aisec.targets.base import Access, InputSpec, ScoreKind, Target
 
 

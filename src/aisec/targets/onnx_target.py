@@ -15,7 +15,7 @@ import torch
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import uses_external_data
 
-from aisec.errors import BadInputError, DataError, ModelLoadError
+from aisec.core.errors import BadInputError, DataError, ModelLoadError
 from aisec.targets.base import Access, InputSpec, Target
 from aisec.targets.callable_target import check_scores
 

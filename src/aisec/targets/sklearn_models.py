@@ -44,7 +44,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-from aisec.errors import DataError, ModelLoadError
+from aisec.core.errors import DataError, ModelLoadError
 from aisec.targets.base import InputSpec
 from aisec.targets.callable_target import CallableTarget, check_labels
 from aisec.targets.torch_target import TorchTarget

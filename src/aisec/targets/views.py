@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aisec.errors import CapabilityError
+from aisec.core.errors import CapabilityError
 from aisec.targets.base import Access, Target
 
 if TYPE_CHECKING:

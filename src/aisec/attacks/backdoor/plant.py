@@ -17,8 +17,8 @@ from torch import nn
 
 from aisec.attacks.backdoor.triggers import Trigger
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, check_rate, poison_count
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError, DataError
 
 TYPICAL_SHARE = 0.1
 """select="typical" draws each class's poisons from this share of the class nearest its mean input."""

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-from aisec.errors import BadInputError, DataError
+from aisec.core.errors import BadInputError, DataError
 
 
 class Trigger(Protocol):

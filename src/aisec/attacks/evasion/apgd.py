@@ -27,7 +27,7 @@ from aisec.attacks.evasion.norms import (
     rows,
 )
 from aisec.attacks.evasion.result import EvasionResult, finish
-from aisec.errors import DataError
+from aisec.core.errors import DataError
 from aisec.targets.base import Access, WhiteBoxTarget
 
 Loss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]

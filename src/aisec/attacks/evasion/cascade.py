@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.assess.progress import NullProgress, Progress
 from aisec.attacks.evasion.norms import Norm
 from aisec.attacks.evasion.registry import ATTACKS
 from aisec.attacks.evasion.result import EvasionResult
-from aisec.errors import CapabilityError
+from aisec.core.errors import CapabilityError
+from aisec.core.progress import NullProgress, Progress
 from aisec.targets.base import Target
 
 CLEAN_WRONG = -2  # `broken_by` code: misclassified without any attack

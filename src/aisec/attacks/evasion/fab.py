@@ -26,7 +26,7 @@ from aisec.attacks.evasion.norms import (
     rows,
 )
 from aisec.attacks.evasion.result import EvasionResult, finish
-from aisec.errors import DataError
+from aisec.core.errors import DataError
 from aisec.targets.base import Access, WhiteBoxTarget
 
 FINAL_SEARCH_STEPS = 3

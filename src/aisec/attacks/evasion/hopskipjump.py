@@ -18,7 +18,7 @@ from aisec.attacks.evasion.inputs import Batch, check_positive, prepare
 from aisec.attacks.evasion.losses import is_success
 from aisec.attacks.evasion.norms import NORMS, Norm, batch_norm, clip_to_bounds, normalize, per_sample
 from aisec.attacks.evasion.result import EvasionResult, finish
-from aisec.errors import DataError
+from aisec.core.errors import DataError
 from aisec.targets.base import Access, Target
 
 # Probe batches for the gradient estimate hold at most this many input values (bounds memory, not results).

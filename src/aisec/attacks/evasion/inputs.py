@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.errors import CapabilityError, DataError
+from aisec.core.errors import CapabilityError, DataError
 from aisec.targets.base import Access, Target
 
 

@@ -17,7 +17,7 @@ from aisec.attacks.evasion.inputs import check_positive, prepare
 from aisec.attacks.evasion.losses import margin
 from aisec.attacks.evasion.norms import NORMS, Norm, batch_norm, clip_to_bounds, per_sample, project
 from aisec.attacks.evasion.result import EvasionResult, finish
-from aisec.errors import DataError
+from aisec.core.errors import DataError
 from aisec.targets.base import Access, Target
 
 # The paper's schedule: p halves after these iterations out of 10,000, rescaled to the query budget.

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 
 from aisec.attacks.extraction.result import ExtractionResult, LinearModel
-from aisec.errors import BadInputError, CapabilityError, DataError
+from aisec.core.errors import BadInputError, CapabilityError, DataError
 from aisec.targets.base import Access, InputSpec, Target
 
 _TOLERANCE = 2e-5  # discovery locates boundary points to this fraction of the features' mean range

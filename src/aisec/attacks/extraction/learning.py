@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from aisec.attacks.extraction.result import ExtractionResult
+from aisec.core.errors import BadInputError
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError
 from aisec.targets.base import Access, InputSpec, Target
 
 Source = Literal["natural", "synthetic", "active"]

@@ -19,8 +19,8 @@ import torch
 
 from aisec.attacks.evasion.pgd import PGDConfig, pgd
 from aisec.attacks.extraction.result import ExtractionResult
+from aisec.core.errors import BadInputError
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError
 from aisec.targets.base import Access, Target
 from aisec.targets.torch_target import TorchTarget
 

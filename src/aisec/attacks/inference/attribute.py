@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.errors import BadInputError, CapabilityError, DataError
+from aisec.core.errors import BadInputError, CapabilityError, DataError
 from aisec.targets.base import Access, Target
 
 

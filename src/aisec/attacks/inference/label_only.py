@@ -22,7 +22,7 @@ import math
 import torch
 
 from aisec.attacks.inference.membership import MembershipResult, _check_members, _check_records, _result
-from aisec.errors import BadInputError
+from aisec.core.errors import BadInputError
 from aisec.targets.base import Target
 
 

@@ -30,11 +30,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from aisec.assess.executor import Executor, InProcessExecutor
 from aisec.attacks.inference.roc import Roc, roc_curve
 from aisec.attacks.inference.scores import TINY_PROBABILITY, logit_score
+from aisec.core.errors import BadInputError, CapabilityError, DataError
+from aisec.core.executor import Executor, InProcessExecutor
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError, CapabilityError, DataError
 from aisec.targets.base import Access, ScoreKind, Target
 
 LOW_FPRS = (0.001, 0.01)  # the operating points Carlini et al. report

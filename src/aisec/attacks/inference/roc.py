@@ -13,13 +13,11 @@ reads the last point with FPR < alpha; the two agree unless alpha * n is a whole
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
-from aisec.assess.finding import Chart, Series
-from aisec.errors import DataError
+from aisec.core.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -67,28 +65,4 @@ def roc_curve(scores: torch.Tensor, members: torch.Tensor) -> Roc:
         thresholds=torch.cat([torch.full((1,), math.inf, dtype=torch.float64), ranked[last]]),
         positives=positives,
         negatives=negatives,
-    )
-
-
-def roc_chart(curves: Mapping[str, Roc], *, points: int = 25) -> Chart:
-    """The curves on log-log axes, read at `points` FPRs spaced evenly in log from 1/negatives to 1, with
-    chance (TPR = FPR) for reference; points with TPR 0 have no place on a log axis and are left out."""
-    if not curves:
-        raise ValueError("a ROC chart needs at least one curve")
-    lowest = 1.0 / max(roc.negatives for roc in curves.values())
-    grid = [lowest ** (1 - i / (points - 1)) for i in range(points)]
-    series = []
-    for name, roc in curves.items():
-        read = [(f, roc.tpr_at(f)) for f in grid if f >= 1.0 / roc.negatives]
-        read = [(f, t) for f, t in read if t > 0]
-        series.append(Series(name, tuple(f for f, _ in read), tuple(t for _, t in read)))
-    series.append(Series("chance", tuple(grid), tuple(grid)))
-    return Chart(
-        id="membership-roc",
-        title="Membership inference ROC (log-log)",
-        x_label="false-positive rate",
-        y_label="true-positive rate",
-        series=tuple(series),
-        log_x=True,
-        log_y=True,
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from aisec.attacks.evasion.gradients import input_gradient
-from aisec.errors import BadInputError, CapabilityError
+from aisec.core.errors import BadInputError, CapabilityError
 from aisec.targets.base import Access, Target, WhiteBoxTarget
 
 

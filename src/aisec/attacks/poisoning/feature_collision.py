@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, check_rate, poison_count
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError, DataError
 
 
 @dataclass(frozen=True)

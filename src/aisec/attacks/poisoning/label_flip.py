@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, check_rate, poison_count
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError, DataError
 
 
 def random_label_flip(

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError, DataError
 
 
 @dataclass(frozen=True)

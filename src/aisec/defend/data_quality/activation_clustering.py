@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aisec.core.errors import BadInputError
 from aisec.defend.data_quality.reference import Reference, check_features, classes
 from aisec.defend.data_quality.suspects import SuspectRanking
-from aisec.errors import BadInputError
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.suspects import SuspectRanking
-from aisec.errors import BadInputError, DataError
 
 Fit = Callable[[LabelledData, int], Callable[[torch.Tensor], torch.Tensor]]
 

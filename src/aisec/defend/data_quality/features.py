@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aisec.errors import BadInputError
+from aisec.core.errors import BadInputError
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from aisec.core.errors import BadInputError, DataError
 from aisec.data.dataset import LabelledData
-from aisec.errors import BadInputError, DataError
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from aisec.core.errors import BadInputError
 from aisec.defend.data_quality.reference import check_features
 from aisec.defend.data_quality.suspects import SuspectRanking
-from aisec.errors import BadInputError
 
 
 def label_consistency(

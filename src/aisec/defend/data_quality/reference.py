@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.errors import DataError
+from aisec.core.errors import DataError
 
 
 @dataclass(frozen=True)

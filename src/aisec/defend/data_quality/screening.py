@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aisec.core.errors import DataError
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.activation_clustering import activation_clustering
 from aisec.defend.data_quality.features import penultimate_features
@@ -20,7 +21,6 @@ from aisec.defend.data_quality.reference import Reference
 from aisec.defend.data_quality.reference_distance import reference_distance
 from aisec.defend.data_quality.spectral_signatures import spectral_signatures
 from aisec.defend.data_quality.suspects import SuspectRanking
-from aisec.errors import DataError
 
 
 @dataclass(frozen=True)

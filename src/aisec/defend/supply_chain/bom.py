@@ -27,11 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aisec.assess.finding import Severity
-from aisec.atomic import write_atomic
+from aisec.core.atomic import write_atomic
+from aisec.core.errors import BadInputError
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.result import FileScan, ScanReport, Verdict
 from aisec.defend.supply_chain.signing import Manifest, PathLike, manifest_of
-from aisec.errors import BadInputError
 
 SPEC_VERSION = "1.6"
 MODEL_REF = "aisec:model"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aisec.assess.finding import Severity
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.limits import ScanLimits
 from aisec.defend.supply_chain.result import ScanFinding
 from aisec.defend.supply_chain.rules import RULES

@@ -21,12 +21,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from aisec.core.errors import ModelLoadError
 from aisec.defend.supply_chain.formats import pickle_policy
 from aisec.defend.supply_chain.formats.pickle_policy import Risk
 from aisec.defend.supply_chain.formats.pickle_vm import Global
 from aisec.defend.supply_chain.result import FileScan, Verdict
 from aisec.defend.supply_chain.scanner import scan_file
-from aisec.errors import ModelLoadError
 
 
 def load_model(path: str | os.PathLike[str]) -> Any:

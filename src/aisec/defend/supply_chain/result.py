@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from aisec.assess.finding import Severity
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.rules import RULES
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aisec.assess.finding import Severity
+from aisec.core.severity import Severity
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from aisec.core.errors import BadInputError
 from aisec.defend.supply_chain.context import Budget, LimitExceeded, ScanContext, Unparseable
 from aisec.defend.supply_chain.detect import extension_mismatch, sniff
 from aisec.defend.supply_chain.formats import (
@@ -31,7 +32,6 @@ from aisec.defend.supply_chain.formats import (
 )
 from aisec.defend.supply_chain.limits import MIB, ScanLimits
 from aisec.defend.supply_chain.result import FileScan, ScanFinding, ScanReport
-from aisec.errors import BadInputError
 
 FormatScanner = Callable[[memoryview, ScanContext], "str | None"]
 

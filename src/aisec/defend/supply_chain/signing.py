@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
-from aisec.atomic import write_atomic
-from aisec.errors import BadInputError
+from aisec.core.atomic import write_atomic
+from aisec.core.errors import BadInputError
 
 PathLike = str | os.PathLike[str]
 

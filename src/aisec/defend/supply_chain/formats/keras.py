@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aisec.assess.finding import Severity
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.context import LimitExceeded, ScanContext, Unparseable
 from aisec.defend.supply_chain.formats.archives import MemoryFile
 from aisec.defend.supply_chain.formats.pickle_policy import DANGEROUS_NAMES, DANGEROUS_PREFIXES

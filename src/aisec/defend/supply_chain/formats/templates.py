@@ -30,7 +30,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.parser import Parser
 
-from aisec.assess.finding import Severity
+from aisec.core.severity import Severity
 from aisec.defend.supply_chain.context import LimitExceeded, ScanContext
 
 # What jinja2.sandbox refuses besides names starting with "_" (is_internal_attribute), and frame fields.

@@ -1,0 +1,179 @@
+"""What an assessment produces: findings with figures, their provenance and the policy verdict.
+
+These types carry no torch objects, so the report writers (and the JSON schema in
+`aisec/report/schema/assessment.schema.json`) depend on nothing heavier than the standard library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from aisec.core.attack_class import AttackClass
+from aisec.core.severity import Severity
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A proportion estimated from n samples, with its confidence interval."""
+
+    value: float
+    lower: float
+    upper: float
+    n: int
+    method: str = "Wilson score interval, 95%"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One figure of a finding. `value` is a plain number or an Estimate with its interval."""
+
+    name: str
+    value: float | Estimate | None
+    unit: str = ""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    lower: tuple[float, ...] | None = None
+    upper: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Chart:
+    """Data for one plot; the HTML writer draws it (a probe never draws)."""
+
+    id: str
+    title: str
+    x_label: str
+    y_label: str
+    series: tuple[Series, ...]
+    log_x: bool = False
+    log_y: bool = False
+
+
+@dataclass(frozen=True)
+class Example:
+    """An original input and what the attack made of it; images as nested lists (H, W) or (H, W, C) in [0, 1]."""
+
+    caption: str
+    original: list[Any]
+    adversarial: list[Any]
+    true_label: int
+    original_prediction: int
+    adversarial_prediction: int
+    perturbation_norm: float
+    budget: float | None
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One image with a caption and short facts (e.g. a reconstructed class beside its real examples);
+    pixels as nested lists (H, W) or (H, W, C) in [0, 1]."""
+
+    caption: str
+    image: list[Any]
+    facts: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Gallery:
+    title: str
+    pictures: tuple[Picture, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...]
+
+
+@dataclass(frozen=True)
+class PolicyCheck:
+    """One threshold of the plan's policy applied to one figure."""
+
+    rule: str
+    threshold: float
+    observed: float
+    passed: bool
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How every figure of a finding was obtained."""
+
+    tool_version: str
+    seed: int
+    samples: int
+    model_sha256: str | None
+    data_sha256: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One conclusion of a probe: what was found, how bad it is, what to do, and the figures behind it.
+
+    rule_id is stable across runs (e.g. AISEC-EVA-001) so that SARIF and JUnit consumers can track it.
+    `reliable` is False when a check (e.g. gradient masking) says the figures cannot be trusted.
+    """
+
+    rule_id: str
+    title: str
+    attack_class: AttackClass
+    severity: Severity
+    message: str
+    recommendation: str
+    provenance: Provenance
+    metrics: tuple[Metric, ...] = ()
+    tables: tuple[Table, ...] = ()
+    charts: tuple[Chart, ...] = ()
+    examples: tuple[Example, ...] = ()
+    galleries: tuple[Gallery, ...] = ()
+    policy: tuple[PolicyCheck, ...] = ()
+    reliable: bool = True
+
+    @property
+    def breaks_policy(self) -> bool:
+        return any(not check.passed for check in self.policy)
+
+
+@dataclass(frozen=True)
+class SubjectInfo:
+    """The model and data an assessment was run on."""
+
+    target_kind: str
+    access: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    model_source: str | None
+    model_sha256: str | None
+    data_name: str
+    data_samples: int
+    data_sha256: str
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Everything a report writer needs; writers never run attacks."""
+
+    name: str
+    tool_version: str
+    started_at: str  # ISO 8601, UTC
+    duration_s: float
+    subject: SubjectInfo
+    threat_model: dict[str, Any]
+    findings: tuple[Finding, ...]
+    plan_path: str | None = None
+    plan_sha256: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """True when no finding breaks a policy threshold of the plan."""
+        return not any(f.breaks_policy for f in self.findings)

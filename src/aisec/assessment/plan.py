@@ -1,0 +1,380 @@
+"""The YAML assessment plan: what to attack, with which data, under which threat model and policy.
+
+Validated with pydantic; every error names the file, the line and the field (`plan.yaml:7: target.kind: ...`).
+The schema is documented in docs/plan.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aisec.assessment.threat_model import ThreatModel
+from aisec.attacks.evasion.registry import ATTACK_NAMES
+from aisec.core.errors import PlanError
+from aisec.targets.base import Access
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class InputSection(_Section):
+    shape: tuple[int, ...] = Field(min_length=1, description="shape of one sample, e.g. [1, 8, 8]")
+    num_classes: int = Field(ge=2)
+    lower: float | tuple[float, ...] = 0.0
+    upper: float | tuple[float, ...] = 1.0
+
+
+class TargetSection(_Section):
+    """The model. torch: `factory` builds the module (your code) and `path` holds its weights (a state dict,
+    read with torch.load(weights_only=True)). onnx: `path` is the model. torchscript files run code when
+    loaded: refused unless `trusted: true`. sklearn files: loaded with joblib if `trusted: true`, otherwise only
+    if the supply-chain scanner calls them safe, through its allow-list unpickler (docs/supply-chain.md)."""
+
+    kind: Literal["torch", "torchscript", "onnx", "sklearn"]
+    path: Path
+    factory: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    trusted: bool = False
+    input: InputSection
+    device: str = "cpu"
+
+    @model_validator(mode="after")
+    def _factory_for_torch(self) -> TargetSection:
+        if self.kind == "torch" and self.factory is None:
+            raise ValueError("a torch target needs `factory: package.module:function` that builds the module")
+        if self.kind != "torch" and self.factory is not None:
+            raise ValueError(f"`factory` applies to torch targets only, not {self.kind}")
+        return self
+
+
+class DataSection(_Section):
+    builtin: Literal["digits", "breast_cancer"] | None = None
+    split: Literal["train", "test"] = "test"
+    path: Path | None = Field(None, description=".npz file with arrays `x` and `y`")
+    samples: int | None = Field(None, gt=0, description="a seeded random subset of this many samples")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSection:
+        if (self.builtin is None) == (self.path is None):
+            raise ValueError("give exactly one of `builtin` or `path`")
+        return self
+
+
+class EvasionProbeSection(_Section):
+    attacks: tuple[str, ...] | None = Field(
+        None, description="attacks of the cascade, in order; default: the strongest the knowledge allows"
+    )
+    minimal_perturbation: bool = True
+    masking_checks: bool = True
+    examples: int = Field(6, ge=0, le=50)
+    batch_size: int = Field(1000, gt=0)
+
+    @field_validator("attacks")
+    @classmethod
+    def _known(cls, attacks: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if attacks is not None:
+            if not attacks:
+                raise ValueError("list at least one attack, or leave `attacks` out")
+            for name in attacks:
+                if name not in ATTACK_NAMES:
+                    raise ValueError(f"unknown attack {name!r}; known: {', '.join(ATTACK_NAMES)}")
+        return attacks
+
+
+class ExtractionProbeSection(_Section):
+    """Stealing a working copy: a surrogate trained on the target's answers, and for linear scikit-learn models
+    equation solving (docs/privacy.md)."""
+
+    query_budget: int = Field(2000, gt=0, description="queries the attacker may make in all")
+    strategies: tuple[Literal["natural", "synthetic", "active"], ...] = Field(
+        ("natural", "active"), min_length=1
+    )
+    transfer: bool = Field(
+        True, description="measure whether PGD examples made on the surrogate fool the target"
+    )
+
+
+class InversionProbeSection(_Section):
+    """Class-representative reconstruction (Fredrikson et al. 2015)."""
+
+    classes: tuple[int, ...] | None = Field(None, description="classes to reconstruct; default all")
+    steps: int = Field(300, gt=0)
+    query_budget: int = Field(
+        40_000, gt=0, description="score-only attacker: queries for all classes together"
+    )
+
+
+class MembershipProbeSection(_Section):
+    """Was a record in the training set? Needs `training.data`; LiRA and RMIA also `training.recipe`."""
+
+    attacks: tuple[Literal["loss", "lira", "rmia", "gap", "noise"], ...] | None = Field(
+        None,
+        min_length=1,
+        description="default: loss, lira and rmia for an attacker with scores, gap and noise with labels only",
+    )
+    records: int = Field(200, gt=0, description="members under attack, and as many non-members from `data`")
+    shadows: int = Field(16, ge=4, description="shadow models (LiRA, RMIA)")
+    workers: int = Field(1, ge=1, description="processes training shadow models")
+
+
+class AttributeProbeSection(_Section):
+    """Attribute inference on training records: one sensitive feature hidden, guessed among `values`. Needs
+    `training.data`."""
+
+    feature: int = Field(ge=0, description="index of the sensitive feature in the flattened sample")
+    values: tuple[float, ...] = Field(min_length=2, description="the values the feature takes")
+    records: int = Field(200, gt=0, description="members attacked, and as many non-members from `data`")
+
+
+PoisonRate = Annotated[float, Field(gt=0, lt=1, description="fraction of the training set poisoned")]
+
+
+class PoisoningProbeSection(_Section):
+    """Label-flipping poisoning: the training set poisoned at each rate, the model retrained with
+    `training.recipe`, and the label audit (confident learning, nearest neighbours) that should find it. Needs
+    `training`."""
+
+    attacks: tuple[Literal["random_flip", "targeted_flip"], ...] = Field(
+        ("random_flip", "targeted_flip"), min_length=1
+    )
+    rates: tuple[PoisonRate, ...] = Field((0.02, 0.05, 0.1), min_length=1)
+    source: int | None = Field(
+        None, ge=0, description="targeted flip: the class relabelled; default the largest"
+    )
+    target: int | None = Field(None, ge=0, description="targeted flip: its new label; default the next class")
+    audit: bool = Field(True, description="also audit the training set as given for label issues")
+    folds: int = Field(5, ge=2, description="cross-validation folds for confident learning's probabilities")
+
+
+class BackdoorProbeSection(_Section):
+    """A backdoor planted by poisoning the training set (each trigger at each rate), retrained with
+    `training.recipe`; then the data-side screening and repair, the model-side scans (Neural Cleanse, STRIP)
+    and fine-pruning. Needs `training`."""
+
+    triggers: tuple[Literal["patch", "blend", "warp"], ...] = Field(("patch", "blend", "warp"), min_length=1)
+    rates: tuple[PoisonRate, ...] = Field((0.01, 0.05, 0.1), min_length=1)
+    target_class: int = Field(0, ge=0)
+    mode: Literal["dirty", "clean"] = "dirty"
+    repair: tuple[Literal["retrain", "fine_pruning"], ...] = ("retrain", "fine_pruning")
+    strip: bool = Field(True, description="measure STRIP, the run-time detector of triggered inputs")
+    neural_cleanse: bool = Field(
+        True,
+        description="scan the model under assessment, and each trigger's backdoored model, with Neural Cleanse",
+    )
+
+
+class ProbesSection(_Section):
+    evasion: EvasionProbeSection | None = None
+    extraction: ExtractionProbeSection | None = None
+    inversion: InversionProbeSection | None = None
+    membership: MembershipProbeSection | None = None
+    attribute: AttributeProbeSection | None = None
+    poisoning: PoisoningProbeSection | None = None
+    backdoor: BackdoorProbeSection | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> ProbesSection:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("enable at least one probe (e.g. `evasion: {}`)")
+        return self
+
+
+class TrainingSection(_Section):
+    """How the model was trained: its training set (the members, for membership inference) and the recipe
+    `package.module:function`, called as fit(model, data, seed=..., **recipe_args) -> model, that shadow
+    models are trained with."""
+
+    data: DataSection
+    recipe: str | None = Field(None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    recipe_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutputHardeningSection(_Section):
+    """One served-API variant to re-run the privacy probes against (aisec.defend.robustness.output_hardening)."""
+
+    top_k: int | None = Field(None, ge=1)
+    decimals: int | None = Field(None, ge=0, le=15)
+    label_only: bool = False
+
+
+class DPTrainingSection(_Section):
+    """Retrain the model with DP-SGD (aisec.defend.robustness.dp_training) and re-run membership inference."""
+
+    target_epsilon: float = Field(gt=0)
+    delta: float | None = Field(None, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    batch_size: int = Field(64, ge=1)
+
+
+class GradientShapingSection(_Section):
+    """Retrain the poisoned training sets (backdoors: at the lowest rate) with gradient shaping (aisec.defend.data_quality.gradient_shaping):
+    per-example gradients clipped to `max_grad_norm`, Gaussian noise of `noise_multiplier` times that added."""
+
+    max_grad_norm: float = Field(1.0, gt=0)
+    noise_multiplier: float = Field(0.7, gt=0)
+
+
+class DefencesSection(_Section):
+    """Controls whose effect the probes measure, each beside the undefended model."""
+
+    output_hardening: tuple[OutputHardeningSection, ...] = ()
+    dp_training: DPTrainingSection | None = None
+    gradient_shaping: GradientShapingSection | None = None
+
+
+class PolicySection(_Section):
+    """Thresholds; a finding that breaks one makes `aisec assess` exit with 1."""
+
+    min_clean_accuracy: float | None = Field(None, ge=0, le=1)
+    min_robust_accuracy: dict[float, float] = Field(
+        default_factory=dict, description="budget -> lowest acceptable robust accuracy at that budget"
+    )
+    fail_on_unreliable: bool = Field(
+        True, description="fail when a masking check makes the figures unreliable"
+    )
+    max_membership_auc: float | None = Field(
+        None, ge=0.5, le=1, description="fail when a membership attack's ROC AUC exceeds this"
+    )
+    max_extraction_agreement: float | None = Field(
+        None, ge=0, le=1, description="fail when a surrogate agrees with the model on more than this share"
+    )
+
+    @field_validator("min_robust_accuracy")
+    @classmethod
+    def _fractions(cls, thresholds: dict[float, float]) -> dict[float, float]:
+        for budget, value in thresholds.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"threshold at budget {budget} must be in [0, 1], got {value}")
+        return thresholds
+
+
+class Plan(_Section):
+    name: str = "assessment"
+    seed: int = 0
+    target: TargetSection
+    data: DataSection
+    threat_model: ThreatModel = ThreatModel()
+    probes: ProbesSection
+    training: TrainingSection | None = None
+    defences: DefencesSection = DefencesSection()
+    policy: PolicySection = PolicySection()
+
+    @model_validator(mode="after")
+    def _policy_budgets_assessed(self) -> Plan:
+        missing = sorted(set(self.policy.min_robust_accuracy) - set(self.threat_model.budgets))
+        if missing:
+            raise ValueError(
+                f"policy.min_robust_accuracy names budgets {missing} that threat_model.budgets does not assess"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_needs(self) -> Plan:
+        membership, dp = self.probes.membership, self.defences.dp_training
+        needs_training = any(section is not None for section in (membership, dp, self.probes.attribute))
+        if needs_training and self.training is None:
+            raise ValueError(
+                "probes.membership, probes.attribute and defences.dp_training need `training.data`, the model's "
+                "training set"
+            )
+        attacks: tuple[str, ...] = ()
+        if membership is not None:
+            by_default = ("lira", "rmia") if self.threat_model.knowledge is not Access.LABELS else ()
+            attacks = by_default if membership.attacks is None else membership.attacks
+        shadow_attacks = {"lira", "rmia"} & set(attacks)
+        if (shadow_attacks or dp is not None) and (self.training is None or self.training.recipe is None):
+            needs = ", ".join(sorted(shadow_attacks)) or "defences.dp_training"
+            raise ValueError(
+                f"{needs} train models like yours: give `training.recipe: package.module:function`"
+            )
+        if (shadow_attacks or dp is not None) and self.target.kind != "torch":
+            raise ValueError(
+                "shadow models and DP-SGD retrain the model: they need a torch target with `factory`"
+            )
+        if dp is not None and membership is None:
+            raise ValueError("defences.dp_training is measured by probes.membership: enable it")
+        return self
+
+    @model_validator(mode="after")
+    def _poisoning_needs(self) -> Plan:
+        enabled = [name for name in ("poisoning", "backdoor") if getattr(self.probes, name) is not None]
+        if enabled and (self.training is None or self.training.recipe is None or self.target.kind != "torch"):
+            raise ValueError(
+                f"probes.{enabled[0]} retrains the model on poisoned data: it needs a torch target with `factory`, "
+                "`training.data` and `training.recipe`"
+            )
+        if self.defences.gradient_shaping is not None and not enabled:
+            raise ValueError(
+                "defences.gradient_shaping is measured by probes.poisoning or probes.backdoor: enable one"
+            )
+        return self
+
+
+def load_plan(path: str | Path) -> tuple[Plan, str]:
+    """Read and validate a plan; relative paths in it are resolved against the plan's folder.
+
+    Returns the plan and the sha256 of the file. Raises PlanError naming the file, line and field.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise PlanError(f"{path}: cannot read the plan: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f":{where.line + 1}" if where is not None else ""
+        raise PlanError(f"{path}{line}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: a plan is a YAML mapping with `target`, `data` and `probes`")
+    try:
+        plan = Plan.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = tuple(first["loc"])
+        field = ".".join(str(p) for p in loc) or "(plan)"
+        message = first["msg"].removeprefix("Value error, ")
+        raise PlanError(f"{path}:{_line_of(node, loc)}: {field}: {message}") from None
+    base = path.resolve().parent
+    plan = plan.model_copy(
+        update={
+            "target": plan.target.model_copy(update={"path": base / plan.target.path}),
+            "data": _resolved(plan.data, base),
+            "training": plan.training.model_copy(update={"data": _resolved(plan.training.data, base)})
+            if plan.training
+            else None,
+        }
+    )
+    return plan, hashlib.sha256(raw).hexdigest()
+
+
+def _resolved(section: DataSection, base: Path) -> DataSection:
+    return section.model_copy(update={"path": base / section.path if section.path else None})
+
+
+def _line_of(node: Any, loc: tuple[Any, ...]) -> int:
+    """1-based line of the deepest YAML node on the path `loc` (the mapping's line if the key is missing)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if str(k.value) == str(part)), None)
+            if match is None:
+                return line
+            key = next(k for k, v in node.value if v is match)
+            line, node = key.start_mark.line + 1, match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

@@ -1,0 +1,58 @@
+"""A probe turns an attack's results into findings; it writes nothing (the report layer does).
+
+The runner calls every probe's `check` before any probe's `run`, so that a plan one probe cannot carry out
+(missing access, a query budget below what its attack needs) fails before any work is spent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aisec.core.progress import NullProgress, Progress
+
+if TYPE_CHECKING:
+    from aisec.assessment.finding import Finding
+    from aisec.assessment.plan import DefencesSection, PolicySection
+    from aisec.assessment.threat_model import ThreatModel
+    from aisec.core.attack_class import AttackClass
+    from aisec.data.dataset import LabelledData
+    from aisec.targets.base import Target
+
+
+@dataclass(frozen=True)
+class Training:
+    """How the model was trained, as far as the plan tells: its training set, and for retraining (shadow
+    models, DP-SGD) a function building an untrained model and the recipe fit(model, data, seed=...)."""
+
+    data: LabelledData
+    model_fn: Callable[[], Any] | None = None
+    fit: Callable[..., Any] | None = None
+
+
+@dataclass
+class AssessmentContext:
+    """Everything a probe may use: the model as the attacker sees it, the data, the threat model, the policy."""
+
+    target: Target
+    data: LabelledData
+    threat_model: ThreatModel
+    policy: PolicySection
+    seed: int = 0
+    model_sha256: str | None = None
+    progress: Progress = field(default_factory=NullProgress)
+    training: Training | None = None
+    defences: DefencesSection | None = None
+
+
+class Probe(Protocol):
+    attack_class: AttackClass
+    name: str
+
+    def check(self, context: AssessmentContext) -> None:
+        """Raise a BadInputError if the probe cannot run in this context; spend nothing."""
+
+    def run(self, context: AssessmentContext) -> list[Finding]:
+        """The probe's findings; called only after `check` passed on the same context."""
+        ...

@@ -1,0 +1,212 @@
+"""The supply-chain commands: `aisec scan`, `keygen`, `sign`, `verify` and `bom` (docs/supply-chain.md).
+
+Exit codes: 0 clean / verified / written; 1 findings at or above --fail-on, or a failed verification;
+2 usage or I/O error (nothing written); 3 internal error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from aisec.cli.support import console, guarded
+from aisec.core.atomic import write_atomic
+from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
+
+if TYPE_CHECKING:
+    from aisec.defend.supply_chain.result import FileScan, ScanReport
+
+_SEVERITIES = ("info", "low", "medium", "high", "critical")
+_VERDICT_STYLE = {"safe": "green", "suspicious": "yellow", "error": "magenta", "unsafe": "red"}
+
+
+def scan(
+    paths: Annotated[list[Path], typer.Argument(help="Model files or folders (scanned recursively).")],
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="What to print: text, json or sarif.")
+    ] = "text",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the JSON report here.")] = None,
+    sarif_out: Annotated[
+        Path | None, typer.Option("--sarif", help="Also write a SARIF 2.1.0 log here.")
+    ] = None,
+    fail_on: Annotated[
+        str | None,
+        typer.Option(
+            "--fail-on",
+            help="Exit 1 for findings at or above: info, low, medium, high, critical "
+            "(default: any file that is not safe).",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress line per file.")] = False,
+    no_hash: Annotated[
+        bool,
+        typer.Option("--no-hash", help="Skip each file's sha256 (faster bulk triage; reported as null)."),
+    ] = False,
+) -> None:
+    """Is this file safe to load? Static analysis of model files, executing nothing from them."""
+    if format not in ("text", "json", "sarif"):
+        raise typer.BadParameter("choose text, json or sarif", param_hint="--format")
+    if fail_on is not None and fail_on not in _SEVERITIES:
+        raise typer.BadParameter(f"choose one of {', '.join(_SEVERITIES)}", param_hint="--fail-on")
+
+    def run() -> int:
+        from aisec.core.severity import Severity
+        from aisec.defend.supply_chain.scanner import scan_paths
+        from aisec.report.scan import render_scan_json, render_scan_sarif
+
+        def progress(result: FileScan) -> None:
+            if not quiet and format == "text":
+                style = _VERDICT_STYLE[result.verdict.value]
+                console.print(f"[{style}]{result.verdict.value:10}[/{style}] {result.path} ({result.format})",
+                              highlight=False, soft_wrap=True)  # fmt: skip
+
+        report = scan_paths(paths, on_file=progress, hash_content=not no_hash)
+        for out_path, render in ((json_out, render_scan_json), (sarif_out, render_scan_sarif)):
+            if out_path is not None:
+                out_path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(out_path, render(report))
+        if format == "json":
+            sys.stdout.write(render_scan_json(report))
+        elif format == "sarif":
+            sys.stdout.write(render_scan_sarif(report))
+        else:
+            _print_findings(report)
+        return EXIT_POLICY_FAILED if report.fails(Severity(fail_on) if fail_on else None) else EXIT_OK
+
+    guarded(run)
+
+
+def _print_findings(report: ScanReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console()
+    flagged = [f for f in report.files if f.findings]
+    if flagged:
+        table = Table(title="findings", show_lines=False)
+        for column in ("file", "severity", "rule", "finding", "where"):
+            table.add_column(column, overflow="fold")
+        for scan_result in flagged:
+            for finding in sorted(scan_result.findings, key=lambda f: -f.severity.rank):
+                table.add_row(scan_result.path, finding.severity.value, finding.rule_id, finding.message,
+                              finding.location)  # fmt: skip
+        out.print(table)
+    counts = {v: sum(1 for f in report.files if f.verdict.value == v) for v in _VERDICT_STYLE}
+    summary = ", ".join(f"[{_VERDICT_STYLE[v]}]{n} {v}[/{_VERDICT_STYLE[v]}]" for v, n in counts.items() if n)
+    out.print(
+        f"{len(report.files)} file(s) scanned in {report.duration_s:.2f} s: {summary or 'nothing to scan'}"
+    )
+
+
+def keygen(
+    private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM, mode 0600).")],
+    public_key: Annotated[Path, typer.Argument(help="Where to write the public key (PEM).")],
+) -> None:
+    """Make an ECDSA P-256 key pair for `aisec sign` / `aisec verify`."""
+
+    def run() -> int:
+        from aisec.defend.supply_chain.signing import generate_key_pair
+
+        generate_key_pair(private_key, public_key)
+        console.print(f"private key: {private_key} (keep it secret)\npublic key:  {public_key}")
+        return EXIT_OK
+
+    guarded(run)
+
+
+def sign(
+    model: Annotated[Path, typer.Argument(help="The model file or folder to sign.")],
+    key: Annotated[Path, typer.Option("--key", "-k", help="Private key (PEM).")],
+    signature: Annotated[Path | None, typer.Option("--signature", "-s", help="Default: <model>.sig.")] = None,
+) -> None:
+    """Hash a model file or folder and sign the manifest (OpenSSF model-signing format, offline)."""
+
+    def run() -> int:
+        from aisec.defend.supply_chain.signing import sign_model
+
+        info = sign_model(model, key, signature)
+        console.print(
+            f"signed {model} ({len(info.manifest.files)} file(s), digest {info.manifest.digest})\n"
+            f"signature: {info.signature_path}\nkey fingerprint: {info.key_fingerprint}",
+            highlight=False,
+        )
+        return EXIT_OK
+
+    guarded(run)
+
+
+def verify(
+    model: Annotated[Path, typer.Argument(help="The model file or folder to verify.")],
+    key: Annotated[Path, typer.Option("--key", "-k", help="Public key (PEM).")],
+    signature: Annotated[Path | None, typer.Option("--signature", "-s", help="Default: <model>.sig.")] = None,
+) -> None:
+    """Check a model against its signature; names every file added, removed or changed. Exit 1 if it fails."""
+
+    def run() -> int:
+        from aisec.defend.supply_chain.signing import verify_model
+
+        result = verify_model(model, key, signature)
+        if result.ok:
+            console.print(f"[green]verified[/green] {model} (digest {result.model_digest})")
+            return EXIT_OK
+        console.print(f"[red]verification failed[/red] for {model}: {result.message}", highlight=False)
+        for label, names in (
+            ("added", result.added),
+            ("removed", result.removed),
+            ("changed", result.changed),
+        ):
+            for name in names:
+                console.print(f"  {label:8} {name}", highlight=False)
+        return EXIT_POLICY_FAILED
+
+    guarded(run)
+
+
+def bom(
+    model: Annotated[Path, typer.Argument(help="The model file or folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the CycloneDX JSON.")] = Path(
+        "bom.cdx.json"
+    ),
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option("--dataset", "-d", help="A training data set: NAME or NAME=SHA256 (repeatable)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Model name (default: the file name).")] = None,
+    version: Annotated[str | None, typer.Option("--version", help="Model version.")] = None,
+    framework: Annotated[str | None, typer.Option("--framework", help="e.g. pytorch, scikit-learn.")] = None,
+) -> None:
+    """Write a CycloneDX 1.6 ML bill of materials: files and hashes, format, data sets and the scan result."""
+
+    def run() -> int:
+        from aisec.defend.supply_chain.bom import DatasetRef, build_bom, write_bom
+        from aisec.defend.supply_chain.scanner import scan_paths
+
+        refs = [DatasetRef(*_dataset_name_and_digest(text)) for text in dataset or []]
+        if not model.exists():
+            raise BadInputError(f"no such file or folder: {model}")
+        report = scan_paths([model])
+        document = build_bom(model, scan=list(report.files), datasets=refs, framework=framework, name=name,
+                             version=version)  # fmt: skip
+        write_bom(document, output)
+        console.print(f"wrote {output} ({len(report.files)} file(s); scan verdict {report.verdict.value})")
+        return EXIT_OK
+
+    guarded(run)
+
+
+def _dataset_name_and_digest(text: str) -> tuple[str, str | None]:
+    """`--dataset NAME` or `NAME=SHA256`, checked."""
+    dataset_name, _, digest = text.partition("=")
+    if not dataset_name:
+        raise BadInputError(f"--dataset {text!r}: expected NAME or NAME=SHA256")
+    if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest.lower())):
+        raise BadInputError(f"--dataset {text!r}: {digest!r} is not a SHA-256 hex digest")
+    return dataset_name, digest.lower() or None
+
+
+def register(app: typer.Typer) -> None:
+    for command in (scan, keygen, sign, verify, bom):
+        app.command()(command)

@@ -1,1 +1,0 @@
-"""Privacy controls: training that bounds what a model can reveal about any one training record."""
