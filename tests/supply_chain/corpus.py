@@ -713,6 +713,72 @@ def _(m: Marker) -> Any:
     return call(G("torch.utils.bottleneck.__main__", "run_cprofile"), m.src, {})
 
 
+def _source_has(relative: str, text: str) -> bool:
+    """Whether an installed module's source contains `text`, read without importing it (`relative` is a
+    path under the standard library, or under torch's package folder when it starts with "torch/")."""
+    import sysconfig
+
+    if relative.startswith("torch/"):
+        spec = importlib.util.find_spec("torch")  # a top-level spec: torch itself is not imported
+        if spec is None or spec.origin is None:
+            return False
+        path = Path(spec.origin).parent / relative.removeprefix("torch/")
+    else:
+        path = Path(sysconfig.get_paths()["stdlib"]) / relative
+    return path.is_file() and text in path.read_text(errors="replace")
+
+
+# Helpers that run commands or write files, rated only "unknown" until the deny list named them.
+
+
+@technique(
+    "aix_support-_read_cmd_output",
+    f"_aix_support._read_cmd_output (os.system); {PS}GHSA-g38g-8gr9-h9xp",
+    executes=_source_has("_aix_support.py", "def _read_cmd_output"),
+    note="_aix_support._read_cmd_output is not in this Python (it came with 3.12): the load fails here",
+)
+def _(m: Marker) -> Any:
+    return call(G("_aix_support", "_read_cmd_output"), m.cmd)
+
+
+@technique(
+    "pyrepl-pipe_pager",
+    f"_pyrepl.pager.pipe_pager (a shell command); {PS}GHSA-g38g-8gr9-h9xp",
+    executes=_source_has("_pyrepl/pager.py", "def pipe_pager"),
+    note="_pyrepl is Python 3.13+: the load fails on older interpreters",
+)
+def _(m: Marker) -> Any:
+    return call(G("_pyrepl.pager", "pipe_pager"), "", m.cmd)
+
+
+@technique("logging-FileHandler", f"logging.FileHandler creates a file; {PS}GHSA-m7j5-r2p5-c39r")
+def _(m: Marker) -> Any:
+    return call(G("logging", "FileHandler"), m.path)
+
+
+@technique(
+    "torch-compile_file",
+    "torch._inductor.codecache.compile_file (subprocess); picklescan malicious17",
+    executes=_source_has("torch/_inductor/codecache.py", "def compile_file("),
+    heavy=True,
+    note="compile_file is gone from recent torch: the load fails there, the file is still an attack",
+)
+def _(m: Marker) -> Any:
+    return call(G("torch._inductor.codecache", "compile_file"), "", "", m.argv)
+
+
+@technique(
+    "torch-GuardBuilder.get",
+    f"torch._dynamo.guards.GuardBuilder.get (eval of a guard); {PS}GHSA-86cj-95qr-2p4f",
+    executes=_source_has("torch/_dynamo/guards.py", "eval(name, self.scope"),
+    heavy=True,
+    note="recent torch's GuardBuilder.get evaluates Source objects, not strings: the load fails there",
+)
+def _(m: Marker) -> Any:
+    fake_self = Build(call(G("types", "SimpleNamespace")), {"scope": {}})
+    return call(G("torch._dynamo.guards", "GuardBuilder.get"), fake_self, m.expr)
+
+
 # Payloads nested in a second deserializer ----------------------------------------------------------------
 
 

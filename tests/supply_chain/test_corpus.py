@@ -174,6 +174,22 @@ def test_scanner_flags_every_malicious_sample(malicious: list[Sample]) -> None:
     )
 
 
+def test_scanner_rates_every_code_execution_unsafe(malicious: list[Sample]) -> None:
+    """A payload that runs code when loaded is `unsafe` (a high or critical finding), never merely
+    `suspicious`: a published gadget belongs on the deny list (picklescan's GHSA-g38g-8gr9-h9xp gadgets,
+    logging.FileHandler and the torch helpers were once rated medium)."""
+    from aisec.defend.supply_chain import Verdict, scan_file
+
+    mild = []
+    for sample in malicious:
+        if not sample.executes:
+            continue
+        scan = scan_file(sample.path)
+        if scan.verdict is not Verdict.UNSAFE:
+            mild.append(_describe(sample, scan))
+    assert not mild, f"{len(mild)} code-running samples are not rated unsafe:\n" + "\n".join(mild)
+
+
 def test_scanner_passes_every_benign_sample(benign: list[Sample]) -> None:
     from aisec.defend.supply_chain import Verdict, scan_file
 

@@ -3,11 +3,13 @@
 A global is *allowed* when reconstructing it cannot run code of the file's choosing: the tensor and
 storage rebuilders of PyTorch, numpy's array and dtype reconstructors, plain containers, datetime, and the
 classes defined in scikit-learn, scipy.sparse and torch.nn.modules (their constructors and `__setstate__`
-only store attributes; `pickle_allowlist.json`, generated). Every
-other global is a finding. It is *dangerous* (critical) when it is, or reaches by attribute walk, a
-callable that runs code, spawns processes, opens files or sockets, imports modules or deserialises a
-nested payload: the modules and names below come from the picklescan and modelscan deny lists, their
-published bypasses (GHSA advisories on both projects, 2022-2025) and the gadgets in torch and numpy.
+only store attributes; `pickle_allowlist.json`, generated), and the Cython reconstructor of an allowed
+class (`_cython_reconstructor`). Every other global is a finding. It is *dangerous* (critical) when it is,
+or reaches by attribute walk, a callable that runs code, spawns processes, opens files or sockets, imports
+modules or deserialises a nested payload, or when it lives in a private (underscore) module of the
+standard library: the modules and names below come from the deny lists of picklescan (1.0.5, 2026-07-01),
+modelscan (0.8, 2025-08-06) and fickling (2026-08-14), the GHSA advisories published on the three
+projects up to those dates (docs/supply-chain.md lists them), and the gadgets in torch and numpy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import enum
 import functools
 import json
 import re
+import sys
 from pathlib import Path
 
 from aisec.defend.supply_chain.formats.pickle_vm import Global
@@ -47,6 +50,9 @@ ALLOWED: frozenset[str] = frozenset(
     numpy.random._pickle.__generator_ctor numpy.random.mtrand.RandomState numpy.random._mt19937.MT19937
     numpy.random._pcg64.PCG64 numpy.random._pcg64.PCG64DXSM numpy.random._philox.Philox
     numpy.random._sfc64.SFC64 numpy.random._generator.Generator
+    numpy.random.bit_generator.SeedSequence numpy.random.bit_generator.SeedlessSeedSequence
+    numpy.random._bit_generator.SeedSequence numpy.random._bit_generator.SeedlessSeedSequence
+    sklearn.metrics._dist_metrics.newObj sklearn.neighbors._kd_tree.newObj sklearn.neighbors._ball_tree.newObj
     torch._utils._rebuild_tensor torch._utils._rebuild_tensor_v2 torch._utils._rebuild_tensor_v3
     torch._utils._rebuild_parameter torch._utils._rebuild_parameter_with_state torch._utils._rebuild_qtensor
     torch._utils._rebuild_sparse_tensor torch._utils._rebuild_nested_tensor
@@ -60,9 +66,13 @@ ALLOWED: frozenset[str] = frozenset(
     torch.channels_last torch.channels_last_3d torch.preserve_format torch.per_tensor_affine
     torch.per_channel_affine torch.per_tensor_symmetric torch.per_channel_symmetric
     joblib.numpy_pickle.NumpyArrayWrapper joblib.numpy_pickle_compat.NDArrayWrapper
-    joblib.numpy_pickle_compat.ZNDArrayWrapper
+    joblib.numpy_pickle_compat.ZNDArrayWrapper uuid.SafeUUID
     """.split()
 )
+# (numpy's SeedSequence is pickled with every numpy Generator since numpy 2: Cython state, integers and an
+# array. scikit-learn's `newObj(cls)` is `cls.__new__(cls)`, copyreg.__newobj__ without arguments, with which
+# its KDTree, BallTree and DistanceMetric pickle: sklearn/neighbors/_binary_tree.pxi.tp,
+# sklearn/metrics/_dist_metrics.pyx.tp; `cls` is a global of the pickle, checked on its own.)
 
 _TORCH_DTYPES = frozenset(
     "float float32 float64 double float16 half bfloat16 complex32 complex64 complex128 cfloat cdouble "
@@ -109,8 +119,26 @@ DANGEROUS_PREFIXES: tuple[str, ...] = tuple(
     torch._inductor torch.package torch.serialization torch.storage._load_from_bytes torch.fx torch.ops torch._ops
     torch.library torch.distributed torch.multiprocessing torch.compile torch._C torch.backends torch.testing
     torch.utils._config_module torch._export torch.export torch.onnx torch.cuda keras tensorflow tf_keras
+    uuid aix_support osx_support pyrepl logging.FileHandler logging.handlers logging.config logging.basicConfig
+    logging.setLoggerClass logging.setLogRecordFactory syslog mmap pipes pexpect filecmp difflib
+    frozen_importlib frozen_importlib_external interpreters xxsubinterpreters
     """.split()
 )
+# Private (underscore) modules of the standard library: implementation details that no honest pickle names
+# (`_codecs.encode` is on the allow list) and some of which run commands (`_aix_support._read_cmd_output`,
+# `_osx_support._read_output`, `_pyrepl.pager.pipe_pager`) or code (`_interpreters.run_string`): fickling
+# GHSA-6ggj-6f2q-f7mx. The names of newer interpreters are listed too, so the rule does not depend on the
+# Python that runs the scan.
+_PRIVATE_STDLIB = (
+    frozenset(m for m in sys.stdlib_module_names if m.startswith("_"))
+    | frozenset(
+        """
+        _aix_support _osx_support _pyrepl _interpreters _interpqueues _interpchannels _xxsubinterpreters
+        _xxinterpchannels _xxinterpqueues _ios_support _android_support _apple_support _remote_debugging
+        _colorize _sysconfig _opcode_metadata _suggestions _zstd _hmac
+        """.split()
+    )
+) - {"__future__"}  # its names are inert feature flags
 # Names that run code or spawn processes wherever they are found.
 DANGEROUS_NAMES = frozenset(
     """
@@ -136,18 +164,22 @@ def classify(g: Global, torchscript: bool = False) -> Risk:
         module == "__torch__" or module.startswith("__torch__.") or module == "torch.jit._pickle"
     ):
         return Risk.ALLOWED
-    if module == "builtins":
-        return Risk.DANGEROUS  # every builtin outside the plain types: eval, getattr, open, __import__, ...
+    if module == "builtins" or module.split(".", 1)[0] in _PRIVATE_STDLIB:
+        return Risk.DANGEROUS  # builtins outside the plain types (eval, getattr, open, ...); private stdlib
     parts = name.split(".")
     if any(_normalise(p) in DANGEROUS_NAMES or p in DANGEROUS_NAMES for p in parts):
         return Risk.DANGEROUS
-    candidates = [f"{module}.{name}"] + [".".join(parts[i:]) for i in range(1, len(parts))]
+    # The global itself, and every dotted tail of its name: an attribute walk from an innocent module can
+    # reach a dangerous one (`random._os.system`, `somemodule.torch.load`; fickling GHSA-5j3x-jp52-966f).
+    candidates = [f"{module}.{name}"] + [".".join(parts[i:]) for i in range(len(parts))]
     if any(_dangerous_path(c) for c in candidates):
         return Risk.DANGEROUS
     return Risk.UNKNOWN
 
 
 def _allowed(module: str, name: str) -> bool:
+    if _cython_reconstructor(module, name):
+        return True
     if "." in name or (
         name.startswith("__")
         and name
@@ -176,13 +208,42 @@ def _allowed(module: str, name: str) -> bool:
     return path in _package_classes()
 
 
+_PYX_UNPICKLE = re.compile(r"^__pyx_unpickle_([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _cython_reconstructor(module: str, name: str) -> bool:
+    """`M.__pyx_unpickle_X` is allowed exactly when `M.X` is an allowed class of that same module M.
+
+    Cython generates `__pyx_unpickle_X(type, checksum, state)` in the module that defines the extension type
+    X, as X's pickle reconstructor: it checks `checksum` against X's layout, calls `X.__new__(type)` (which
+    fails unless `type` is X or a subtype: a global of the pickle, checked on its own) and assigns `state` to
+    X's fields and `__dict__` (Cython/Utility/ExtensionTypes.c, `__pyx_unpickle_*` and `__set_state`). It
+    rebuilds X from data, as BUILD on an X would, and nothing else. The class must be allowed by name in
+    ALLOWED or the generated list; a reconstructor of a class outside them, or named in another module
+    than the class's, stays a finding."""
+    match = _PYX_UNPICKLE.match(name)
+    if match is None:
+        return False
+    cls = f"{module}.{match.group(1)}"
+    return cls in ALLOWED or cls in _package_classes()
+
+
 def _normalise(component: str) -> str:
     return component.lstrip("_").lower()
 
 
+def _normal_path(path: str) -> str:
+    return ".".join(_normalise(p) for p in path.split("."))
+
+
+# Normalised like the paths they are compared with (`torch._inductor` is `torch.inductor`): a prefix with an
+# underscore component would otherwise never match.
+_NORMAL_PREFIXES = tuple(_normal_path(p) for p in DANGEROUS_PREFIXES)
+
+
 def _dangerous_path(path: str) -> bool:
-    normal = ".".join(_normalise(p) for p in path.split("."))
-    return any(normal == p or normal.startswith(p + ".") for p in DANGEROUS_PREFIXES)
+    normal = _normal_path(path)
+    return any(normal == p or normal.startswith(p + ".") for p in _NORMAL_PREFIXES)
 
 
 # Loaders whose bytes arguments the scanner analyses as nested payloads: names it looks for, never calls.
