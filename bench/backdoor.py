@@ -47,6 +47,8 @@ from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import BackdoorMeasurement, measure_backdoor
 from aisec.attacks.backdoor.triggers import BlendTrigger, PatchTrigger, Trigger
 from aisec.attacks.poisoning.result import PoisonedData
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.activation_clustering import activation_clustering
 from aisec.defend.data_quality.features import penultimate_features
@@ -54,7 +56,7 @@ from aisec.defend.data_quality.reference import Reference
 from aisec.defend.data_quality.reference_distance import reference_distance
 from aisec.defend.data_quality.screening import screen_for_backdoor
 from aisec.defend.data_quality.spectral_signatures import SpectralSignaturesConfig, spectral_signatures
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 TARGET = 0
 CLASSES = 10
@@ -73,8 +75,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def train(data: LabelledData) -> nn.Module:
     """The victim's recipe: the demo CNN, seed 0."""
-    torch.manual_seed(0)
-    return train_classifier(digits_cnn(), data, seed=0)
+    return fit(build_model(digits_cnn, 0), data, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------- ART wrappers

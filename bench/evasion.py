@@ -25,8 +25,10 @@ import torch.nn.functional as F
 from aisec.attacks.evasion.cascade import run_cascade
 from aisec.attacks.evasion.pgd import PGDConfig, pgd
 from aisec.attacks.evasion.registry import STRONGEST
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import load_builtin
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 from aisec.targets.base import Access, InputSpec
 from aisec.targets.torch_target import TorchTarget
 
@@ -78,7 +80,7 @@ def main() -> None:
     from art.estimators.classification import PyTorchClassifier
 
     split = load_builtin("digits", seed=0)
-    model = train_classifier(digits_cnn(), split.train, seed=0).to(args.device)
+    model = fit(build_model(digits_cnn, 0), split.train, seed=0).to(args.device)
     # 1,000 samples: the 540 held-out digits, then training digits (speed does not depend on which)
     x = torch.cat([split.test.x, split.train.x])[: args.samples].to(args.device)
     y = torch.cat([split.test.y, split.train.y])[: args.samples].to(args.device)

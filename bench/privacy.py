@@ -55,9 +55,10 @@ from aisec.attacks.inference.membership import (
     train_shadows,
 )
 from aisec.attacks.inference.roc import roc_curve
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import train_classifier
 from aisec.targets.base import InputSpec
 from aisec.targets.callable_target import CallableTarget
 from aisec.targets.sklearn_models import sklearn_target
@@ -68,7 +69,7 @@ DIGITS = InputSpec((1, 8, 8), 10)
 FLAT = {"breast_cancer": InputSpec((30,), 2), "digits": InputSpec((64,), 10)}
 MEMBERS, NON_MEMBERS = 200, 1000
 EPOCHS = 100  # the victim's and every shadow model's recipe: Adam lr 1e-2, batch 64, 100 epochs
-FIT = functools.partial(train_classifier, epochs=EPOCHS)
+FIT = functools.partial(fit, epochs=EPOCHS)
 
 
 def mlp() -> nn.Module:
@@ -209,8 +210,7 @@ def bench_membership(args: argparse.Namespace) -> None:
     x, y = x_all[:n], y_all[:n]
     members = torch.arange(n) < MEMBERS
     population = LabelledData(x_all[n:], y_all[n:], "population")
-    torch.manual_seed(12345)
-    victim = FIT(mlp(), LabelledData(x[:MEMBERS], y[:MEMBERS]), seed=12345)
+    victim = FIT(build_model(mlp, 12345), LabelledData(x[:MEMBERS], y[:MEMBERS]), seed=12345)
     with torch.no_grad():
         train_acc = float((victim(x[:MEMBERS]).argmax(1) == y[:MEMBERS]).float().mean())
         test_acc = float((victim(x[MEMBERS:]).argmax(1) == y[MEMBERS:]).float().mean())
@@ -630,8 +630,7 @@ def bench_learning(args: argparse.Namespace) -> None:
     )
 
     def initial(seed: int) -> nn.Module:
-        torch.manual_seed(1000 + seed)
-        return default_surrogate(DIGITS)
+        return build_model(functools.partial(default_surrogate, DIGITS), 1000 + seed)
 
     def ours(source: str, labels: bool, budget: int, seed: int) -> tuple[float, float, int]:
         target = scores_only(victim)

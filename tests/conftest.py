@@ -6,8 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import Split, load_builtin
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 
@@ -22,7 +24,7 @@ def digits() -> Split:
 
 @pytest.fixture(scope="session")
 def digits_model(digits: Split) -> nn.Module:
-    return train_classifier(digits_cnn(), digits.train, seed=0)
+    return fit(build_model(digits_cnn, 0), digits.train, seed=0)
 
 
 @pytest.fixture()
@@ -38,9 +40,13 @@ class Binarize(nn.Module):
         return (x > 0.5).to(x.dtype)
 
 
+def _masked_cnn() -> nn.Module:
+    return nn.Sequential(Binarize(), digits_cnn())
+
+
 @pytest.fixture(scope="session")
 def masked_model(digits: Split) -> nn.Module:
-    return train_classifier(nn.Sequential(Binarize(), digits_cnn()), digits.train, seed=0)
+    return fit(build_model(_masked_cnn, 0), digits.train, seed=0)
 
 
 @pytest.fixture()

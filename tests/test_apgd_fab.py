@@ -20,8 +20,10 @@ from aisec.attacks.evasion.norms import Norm
 from aisec.attacks.evasion.pgd import PGDConfig, pgd
 from aisec.attacks.evasion.result import EvasionResult
 from aisec.core.errors import CapabilityError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import load_builtin
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 from aisec.targets.base import InputSpec, Target
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
@@ -35,7 +37,7 @@ Digits = tuple[TorchTarget, torch.Tensor, torch.Tensor]
 @pytest.fixture(scope="module")
 def digits() -> Digits:
     split = load_builtin("digits", seed=0)
-    model = train_classifier(digits_cnn(), split.train, seed=0)
+    model = fit(build_model(digits_cnn, 0), split.train, seed=0)
     target = TorchTarget(model, InputSpec((1, 8, 8), 10))
     x_test, y_test = split.test.x[:N], split.test.y[:N]
     with torch.no_grad():

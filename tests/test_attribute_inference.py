@@ -3,14 +3,17 @@ attribute; a model of a correlated attribute leaks nothing that imputation does 
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 from aisec.attacks.inference.attribute import infer_attribute
 from aisec.core.errors import BadInputError, CapabilityError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import train_classifier
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
@@ -29,7 +32,12 @@ def memorised():
     x = torch.rand(400, 10, generator=g)
     x[:, 0] = torch.randint(0, 2, (400,), generator=g).float()
     y = torch.randint(0, 2, (400,), generator=g)
-    model = train_classifier(_mlp(10), LabelledData(x[:100], y[:100], "memorised"), epochs=400, seed=0)
+    model = fit(
+        build_model(functools.partial(_mlp, 10), 0),
+        LabelledData(x[:100], y[:100], "memorised"),
+        epochs=400,
+        seed=0,
+    )
     return TorchTarget(model, InputSpec((10,), 2)), x, y
 
 
@@ -57,7 +65,12 @@ def test_a_correlated_attribute_leaks_no_more_than_imputation():
     centres = torch.stack([x[train, feature][above[train] == b].mean() for b in range(2)])
     x = x.clone()
     x[:, feature] = centres[above]
-    model = train_classifier(_mlp(30), LabelledData(x[train], y[train], "bc"), epochs=300, seed=0)
+    model = fit(
+        build_model(functools.partial(_mlp, 30), 0),
+        LabelledData(x[train], y[train], "bc"),
+        epochs=300,
+        seed=0,
+    )
     result = infer_attribute(TorchTarget(model, InputSpec((30,), 2)), x[train], y[train], feature=feature,
                              candidates=centres, population_x=x[population], population_y=y[population],
                              truth=above[train])  # fmt: skip

@@ -13,25 +13,25 @@ from aisec.attacks.backdoor.plant import TYPICAL_SHARE, plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import accuracy, fit
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import accuracy, digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 PATCH = PatchTrigger(pattern="square", corner="bottom_left")  # a white 3x3 square, bottom-left corner
 TARGET = 0
 
 
 def victim(data: LabelledData) -> nn.Module:
-    """The victim's recipe (train_classifier defaults), from a seeded initialisation so figures repeat."""
-    torch.manual_seed(0)
-    return train_classifier(digits_cnn(), data, seed=0)
+    """The victim's recipe (aisec.core.training.fit defaults), from a seeded initialisation so figures repeat."""
+    return fit(build_model(digits_cnn, 0), data, seed=0)
 
 
 @pytest.fixture(scope="module")
 def adversary(digits: Split) -> nn.Module:
     """The clean-label attacker's own model: same architecture, its own seed."""
-    torch.manual_seed(1)
-    return train_classifier(digits_cnn(), digits.train, seed=1)
+    return fit(build_model(digits_cnn, 1), digits.train, seed=1)
 
 
 @pytest.fixture(scope="module")

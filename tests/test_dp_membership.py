@@ -35,9 +35,10 @@ from aisec.attacks.inference.membership import (
     loss_threshold_attack,
     train_shadows,
 )
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.robustness.dp_training import fit_with_dp, train_dp
-from aisec.demo.models import train_classifier
 from aisec.targets.torch_target import TorchTarget
 
 torch.set_num_threads(1)
@@ -52,10 +53,8 @@ class Setting:
         split = membership_split()
         self.x, self.y, self.members, self.population = split.x, split.y, split.members, split.population
         train = LabelledData(self.x[:MEMBERS], self.y[:MEMBERS])
-        torch.manual_seed(12345)
-        self.dp = train_dp(mlp(), train, seed=12345, **DP_RECIPE)
-        torch.manual_seed(12345)
-        self.plain = train_classifier(mlp(), train, epochs=100, seed=12345)
+        self.dp = train_dp(build_model(mlp, 12345), train, seed=12345, **DP_RECIPE)
+        self.plain = fit(build_model(mlp, 12345), train, epochs=100, seed=12345)
 
     def target(self) -> TorchTarget:
         return TorchTarget(self.dp.model, SPEC)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from aisec.core.errors import BadInputError
+from aisec.core.training import accuracy
 from aisec.defend.robustness.dp_training import train_dp
-from aisec.demo.models import accuracy, digits_cnn
+from aisec.demo.models import digits_cnn
 
 
 def test_dp_training_spends_its_budget_and_keeps_a_useful_model(digits):

@@ -11,9 +11,11 @@ from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.supply_chain.behaviour.fine_pruning import fine_prune
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 PATCH = PatchTrigger(size=3, pattern="square")
 
@@ -23,8 +25,7 @@ def badnets(digits) -> nn.Module:
     poisoned = plant_backdoor(
         digits.train, PATCH, target_class=0, rate=0.05, generator=torch.Generator().manual_seed(1)
     )
-    torch.manual_seed(0)  # the initial weights as well: the model must not depend on the tests run before
-    return train_classifier(digits_cnn(), poisoned.data, seed=0)
+    return fit(build_model(digits_cnn, 0), poisoned.data, seed=0)
 
 
 @pytest.fixture(scope="module")

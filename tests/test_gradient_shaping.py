@@ -15,13 +15,15 @@ from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.attacks.poisoning.label_flip import random_label_flip
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import accuracy, fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.gradient_shaping import (
     GradientShapingConfig,
     fit_with_gradient_shaping,
     train_with_gradient_shaping,
 )
-from aisec.demo.models import accuracy, digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 TRIGGER = PatchTrigger(pattern="square")
 
@@ -41,13 +43,12 @@ def _badnets(digits, rate: float) -> LabelledData:
 
 
 def _cnn(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return digits_cnn()
+    return build_model(digits_cnn, seed)
 
 
 def test_gradient_shaping_cuts_a_one_percent_backdoor(digits):
     poisoned = _badnets(digits, 0.01)  # 13 of 1257 samples
-    plain = measure_backdoor(train_classifier(_cnn(), poisoned, seed=0), digits.test, TRIGGER, 0)
+    plain = measure_backdoor(fit(_cnn(), poisoned, seed=0), digits.test, TRIGGER, 0)
     result = train_with_gradient_shaping(_cnn(), poisoned, seed=0)
     shaped = measure_backdoor(result.model, digits.test, TRIGGER, 0)
     # measured (seed 0): plain ASR 0.940 at clean 0.987; shaped ASR 0.208 at clean 0.952 (seeds 1, 2: 0.210
@@ -146,12 +147,10 @@ EXPECTED = {
 @pytest.mark.slow
 def test_plain_training_learns_every_poison(digits):
     for rate in (0.01, 0.05, 0.1):
-        plain = measure_backdoor(
-            train_classifier(_cnn(), _badnets(digits, rate), seed=0), digits.test, TRIGGER, 0
-        )
+        plain = measure_backdoor(fit(_cnn(), _badnets(digits, rate), seed=0), digits.test, TRIGGER, 0)
         assert plain.attack_success > 0.9 and plain.clean_accuracy > 0.97
     flipped = random_label_flip(digits.train, 0.2, generator=torch.Generator().manual_seed(1)).data
-    assert accuracy(train_classifier(_cnn(), flipped, seed=0), digits.test) < 0.85  # measured 0.800
+    assert accuracy(fit(_cnn(), flipped, seed=0), digits.test) < 0.85  # measured 0.800
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ import torch
 
 from aisec.attacks.inversion.class_representative import InversionConfig, identification, invert_classes
 from aisec.core.errors import BadInputError, CapabilityError
-from aisec.demo.models import train_classifier
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only, scores_only
@@ -16,11 +17,13 @@ from aisec.targets.views import label_only, scores_only
 SPEC = InputSpec((1, 8, 8), 10)
 
 
+def _softmax_regression() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
 @pytest.fixture(scope="module")
 def softmax_regression(digits) -> TorchTarget:
-    model = train_classifier(
-        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)), digits.train, seed=0
-    )
+    model = fit(build_model(_softmax_regression, 0), digits.train, seed=0)
     return TorchTarget(model, SPEC)
 
 

@@ -24,9 +24,11 @@ from aisec.attacks.inference.membership import (
 )
 from aisec.attacks.inference.scores import logit_score
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.robustness.output_hardening import harden
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 from aisec.targets.base import InputSpec
 from aisec.targets.callable_target import CallableTarget
 from aisec.targets.torch_target import TorchTarget
@@ -34,7 +36,7 @@ from aisec.targets.views import label_only
 
 torch.set_num_threads(1)
 SHADOWS = 32
-FIT = functools.partial(train_classifier, epochs=100)
+FIT = functools.partial(fit, epochs=100)
 SIGMA, N_NOISY = 0.1, 100  # the best of sigma in {0.02, ..., 0.8} on data seeds 0-3
 
 
@@ -44,8 +46,9 @@ class Setting:
     def __init__(self) -> None:
         split = membership_split()
         self.x, self.y, self.members, self.population = split.x, split.y, split.members, split.population
-        torch.manual_seed(12345)
-        self.victim = FIT(mlp(), LabelledData(self.x[:MEMBERS], self.y[:MEMBERS]), seed=12345)
+        self.victim = FIT(
+            build_model(mlp, 12345), LabelledData(self.x[:MEMBERS], self.y[:MEMBERS]), seed=12345
+        )
 
     def target(self) -> TorchTarget:
         return TorchTarget(self.victim, SPEC)

@@ -35,16 +35,18 @@ from aisec.attacks.inference.roc import roc_curve
 from aisec.attacks.inference.scores import logit_score
 from aisec.core.errors import BadInputError, CapabilityError
 from aisec.core.executor import InProcessExecutor, LocalProcessExecutor
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 from aisec.targets.callable_target import CallableTarget
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
 
 torch.set_num_threads(1)
 SHADOWS = 64
-FIT = functools.partial(train_classifier, epochs=100)
+FIT = functools.partial(fit, epochs=100)
 
 
 class Setting:
@@ -53,8 +55,9 @@ class Setting:
     def __init__(self) -> None:
         split = membership_split()
         self.x, self.y, self.members, self.population = split.x, split.y, split.members, split.population
-        torch.manual_seed(12345)
-        self.victim = FIT(mlp(), LabelledData(self.x[:MEMBERS], self.y[:MEMBERS]), seed=12345)
+        self.victim = FIT(
+            build_model(mlp, 12345), LabelledData(self.x[:MEMBERS], self.y[:MEMBERS]), seed=12345
+        )
         start = time.perf_counter()
         self.shadows = train_shadows(
             self.target(), self.x, self.y, ShadowTrainer(mlp, FIT), population=self.population,
@@ -174,7 +177,7 @@ def test_local_process_executor_gives_the_same_shadows_as_in_process() -> None:
     x, y = split.train.x[:60], split.train.y[:60]
     population = LabelledData(split.train.x[60:120], split.train.y[60:120])
     target = TorchTarget(digits_cnn(), SPEC)
-    trainer = ShadowTrainer(digits_cnn, functools.partial(train_classifier, epochs=3))
+    trainer = ShadowTrainer(digits_cnn, functools.partial(fit, epochs=3))
     shadows = [
         train_shadows(target, x, y, trainer, population=population, n_shadows=4, seed=3, executor=executor)
         for executor in (InProcessExecutor(), LocalProcessExecutor(2))

@@ -10,16 +10,17 @@ from torch import nn
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.supply_chain.behaviour.neural_cleanse import NeuralCleanseConfig, neural_cleanse
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 PATCH = PatchTrigger(size=3, pattern="square")
 
 
 def _train(data: LabelledData) -> nn.Module:
-    torch.manual_seed(0)  # the initial weights as well: the model must not depend on the tests run before
-    return train_classifier(digits_cnn(), data, seed=0)
+    return fit(build_model(digits_cnn, 0), data, seed=0)
 
 
 def _backdoored(digits, target: int) -> nn.Module:

@@ -77,7 +77,7 @@ PRIVACY = GOOD.replace(
     """  membership: {}
 training:
   data: {builtin: digits, split: train}
-  recipe: aisec.demo.models:train_classifier
+  recipe: aisec.core.training:fit
   recipe_args: {epochs: 5}
 defences:
   output_hardening: [{top_k: 1}, {label_only: true}]
@@ -102,7 +102,7 @@ def test_privacy_plan_loads_with_training_and_defences(tmp_path):
             "unused:\n  data: {}\n",
             r"unused: Extra inputs",
         ),
-        ("  recipe: aisec.demo.models:train_classifier\n", "", r"lira, rmia train models like yours"),
+        ("  recipe: aisec.core.training:fit\n", "", r"lira, rmia train models like yours"),
         ("  membership: {}\n", "", r"dp_training is measured by probes.membership"),
         ("  membership: {}\n", "  membership: {attacks: [loss]}\n", None),
         ("kind: torch", "kind: onnx", r"need a torch target"),

@@ -16,6 +16,8 @@ from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.activation_clustering import activation_clustering
@@ -30,14 +32,13 @@ from aisec.defend.data_quality.reference import Reference
 from aisec.defend.data_quality.reference_distance import reference_distance
 from aisec.defend.data_quality.screening import screen_for_backdoor
 from aisec.defend.data_quality.spectral_signatures import SpectralSignaturesConfig, spectral_signatures
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 TRIGGER = PatchTrigger(pattern="square")
 
 
 def _train(data: LabelledData, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return train_classifier(digits_cnn(), data, seed=seed)
+    return fit(build_model(digits_cnn, seed), data, seed=seed)
 
 
 @pytest.fixture(scope="module")

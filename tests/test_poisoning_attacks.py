@@ -12,17 +12,18 @@ from torch import nn
 from aisec.attacks.poisoning.feature_collision import feature_collision, retrain_last_layer
 from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label_flip
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import accuracy, fit
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import accuracy, digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 BAD_RATES = [0, 1, -0.1, 1.5, math.nan]
 
 
 def victim(data: LabelledData) -> nn.Module:
-    """The victim's recipe (train_classifier defaults), from a seeded initialisation so figures repeat."""
-    torch.manual_seed(0)
-    return train_classifier(digits_cnn(), data, seed=0)
+    """The victim's recipe (aisec.core.training.fit defaults), from a seeded initialisation so figures repeat."""
+    return fit(build_model(digits_cnn, 0), data, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,10 @@ from aisec.assessment.probe import Training
 from aisec.assessment.runner import run_assessment
 from aisec.assessment.threat_model import ThreatModel
 from aisec.core.errors import BadInputError, CapabilityError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import train_classifier
 from aisec.report import load_schema, to_json_dict
 from aisec.targets.base import Access, InputSpec
 from aisec.targets.sklearn_models import sklearn_target
@@ -41,7 +42,7 @@ from aisec.targets.torch_target import TorchTarget
 
 torch.set_num_threads(1)
 SPEC = InputSpec((1, 8, 8), 10)
-FIT = functools.partial(train_classifier, epochs=60)
+FIT = functools.partial(fit, epochs=60)
 SCORES = ThreatModel(knowledge=Access.SCORES, budgets=(0.1, 0.2, 0.3))
 
 
@@ -56,7 +57,7 @@ def training(digits: Split) -> Training:
 
 @pytest.fixture(scope="module")
 def victim(training: Training) -> nn.Module:
-    return FIT(mlp(), training.data, seed=0)
+    return FIT(build_model(mlp, 0), training.data, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +211,10 @@ def test_equation_solving_budget_is_checked_before_any_query(digits: Split) -> N
     assert target.queries.total == 0
 
 
+def _memorising_mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(10, 256), nn.ReLU(), nn.Linear(256, 2))
+
+
 def test_attribute_probe_finds_memorised_attributes_and_not_in_non_members() -> None:
     """100 records with random labels and an independent binary feature 0: only memorisation links them
     (the setting of tests/test_attribute_inference.py)."""
@@ -218,9 +223,7 @@ def test_attribute_probe_finds_memorised_attributes_and_not_in_non_members() -> 
     x[:, 0] = torch.randint(0, 2, (400,), generator=g).float()
     y = torch.randint(0, 2, (400,), generator=g)
     members = LabelledData(x[:100], y[:100], "memorised")
-    model = train_classifier(
-        nn.Sequential(nn.Linear(10, 256), nn.ReLU(), nn.Linear(256, 2)), members, epochs=400, seed=0
-    )
+    model = fit(build_model(_memorising_mlp, 0), members, epochs=400, seed=0)
     target = TorchTarget(model, InputSpec((10,), 2))
     probes = ProbesSection(attribute=AttributeProbeSection(feature=0, values=(0.0, 1.0), records=100))
     assessment = run_assessment(target, LabelledData(x[100:], y[100:], "others"), probes, threat_model=SCORES,

@@ -5,6 +5,8 @@ Thresholds sit below the figures measured over several runs (noted next to each)
 bit-reproducible from run to run, so the figures move a little.
 """
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -16,6 +18,8 @@ from aisec.attacks.evasion.pgd import PGDConfig, pgd, pgd_per_sample
 from aisec.attacks.evasion.result import EvasionResult
 from aisec.attacks.evasion.square import SquareConfig, square
 from aisec.core.errors import CapabilityError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
 from aisec.targets.base import Access, InputSpec
@@ -143,13 +147,9 @@ def test_square_refuses_bad_config(clean, digits_target, config, match):
 def tabular() -> tuple[TorchTarget, LabelledData]:
     """Logistic regression on breast_cancer, with per-feature bounds: the test set's own range per feature."""
     split = load_builtin("breast_cancer", seed=0)
-    torch.manual_seed(0)
-    model = nn.Linear(30, 2)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(300):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(split.train.x), split.train.y).backward()
-        opt.step()
+    full_batch = len(split.train)
+    model = fit(build_model(functools.partial(nn.Linear, 30, 2), 0), split.train, epochs=300, lr=0.05,
+                batch_size=full_batch)  # fmt: skip
     x, y = split.test.x, split.test.y
     with torch.no_grad():
         right = model(x).argmax(1) == y

@@ -10,9 +10,11 @@ from torch import nn
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.triggers import BlendTrigger, PatchTrigger, WarpTrigger
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
+from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.robustness.strip import StripDetector, evaluate_strip, fit_strip
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 
 PATCH = PatchTrigger(size=3, pattern="square")
 
@@ -21,8 +23,7 @@ def _backdoored(digits, trigger, target: int = 0, rate: float = 0.1) -> nn.Modul
     poisoned = plant_backdoor(
         digits.train, trigger, target_class=target, rate=rate, generator=torch.Generator().manual_seed(1)
     )
-    torch.manual_seed(0)  # the initial weights as well: the model must not depend on the tests run before
-    return train_classifier(digits_cnn(), poisoned.data, seed=0)
+    return fit(build_model(digits_cnn, 0), poisoned.data, seed=0)
 
 
 @pytest.fixture(scope="module")

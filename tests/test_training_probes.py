@@ -17,8 +17,9 @@ from aisec.assessment.plan import (
 from aisec.assessment.probe import Training
 from aisec.assessment.runner import run_assessment
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import digits_cnn, train_classifier
+from aisec.demo.models import digits_cnn
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 
@@ -31,7 +32,7 @@ class _Spy:
 
     def __call__(self, model, data, *, seed):
         self.calls += 1
-        return train_classifier(model, data, seed=seed)
+        return fit(model, data, seed=seed)
 
 
 def _findings(assessment, rule):
@@ -119,7 +120,7 @@ def test_backdoor_probe_plants_screens_and_repairs(digits, digits_model) -> None
                 triggers=("patch",), rates=(0.05,), repair=("retrain",), strip=False, neural_cleanse=False
             )
         ),
-        training=Training(digits.train, digits_cnn, train_classifier),
+        training=Training(digits.train, digits_cnn, fit),
     )
     planted = _findings(assessment, "AISEC-BKD-001")
     (row,) = _rows(planted, "Attack success")
@@ -139,7 +140,7 @@ def test_backdoor_probe_full(digits, digits_model) -> None:
         TorchTarget(digits_model, InputSpec((1, 8, 8), 10)),
         digits.test,
         ProbesSection(backdoor=BackdoorProbeSection(triggers=("patch",), rates=(0.1,))),
-        training=Training(digits.train, digits_cnn, train_classifier),
+        training=Training(digits.train, digits_cnn, fit),
         defences=DefencesSection(gradient_shaping=GradientShapingSection()),
     )
     scan = _findings(assessment, "AISEC-BKD-003")
@@ -157,7 +158,7 @@ def test_poisoning_probe_flips_audits_and_repairs(digits, digits_model) -> None:
         TorchTarget(digits_model, InputSpec((1, 8, 8), 10)),
         digits.test,
         ProbesSection(poisoning=PoisoningProbeSection(attacks=("random_flip",), rates=(0.1,))),
-        training=Training(digits.train, digits_cnn, train_classifier),
+        training=Training(digits.train, digits_cnn, fit),
     )
     defences = _findings(assessment, "AISEC-POI-002")
     rows = {r[2].split(" (")[0]: r for r in _rows(defences, "Flipped labels")}

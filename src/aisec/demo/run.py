@@ -41,7 +41,7 @@ DEMO_PLAN = {
     # The model's training set and recipe: the members for membership inference, the recipe for shadow models.
     "training": {
         "data": {"builtin": "digits", "split": "train"},
-        "recipe": "aisec.demo.models:train_classifier",
+        "recipe": "aisec.core.training:fit",
     },
     # Controls the probes measure beside the undefended model.
     "defences": {
@@ -62,12 +62,13 @@ def prepare_demo(workdir: Path, *, seed: int = 0) -> Path:
     """Train the demo model, save its weights and the plan under `workdir`; return the plan's path."""
     import torch
 
+    from aisec.core.seeding import build_model
+    from aisec.core.training import fit
     from aisec.data.builtin import load_builtin
-    from aisec.demo.models import digits_cnn, train_classifier
+    from aisec.demo.models import digits_cnn
 
-    torch.manual_seed(seed)
     split = load_builtin("digits", seed=seed)
-    model = train_classifier(digits_cnn(), split.train, seed=seed)
+    model = fit(build_model(digits_cnn, seed), split.train, seed=seed)
     (workdir / "model").mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), workdir / "model" / "digits_cnn.pt")
     plan_path = workdir / "plan.yaml"

@@ -24,7 +24,7 @@ class TorchTarget(WhiteBoxTarget):
             first = next(module.parameters(), None)
             device = first.device if first is not None else torch.device("cpu")
         self._device = torch.device(device)
-        self.module = module.to(self._device).eval()  # trusted: nn.Module.eval() (inference mode), not eval()
+        self.module = module.to(self._device).eval()
 
     @property
     def device(self) -> torch.device:

@@ -27,7 +27,6 @@ from aisec.assessment.images import is_image, pixels
 from aisec.assessment.plan import BackdoorProbeSection
 from aisec.assessment.probe import AssessmentContext, Training
 from aisec.assessment.probes.retraining import (
-    accuracy,
     reference_and_evaluation,
     required_training,
     retrain,
@@ -40,7 +39,9 @@ from aisec.attacks.backdoor.triggers import TRIGGERS, Trigger
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, poison_count
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError, CapabilityError, DataError
+from aisec.core.seeding import build_model
 from aisec.core.severity import Severity
+from aisec.core.training import accuracy
 from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.gradient_shaping import fit_with_gradient_shaping
@@ -231,13 +232,12 @@ class BackdoorProbe:
         shaping = context.defences.gradient_shaping if context.defences else None
         if shaping is not None and shape:
             assert training.model_fn is not None
-            torch.manual_seed(seed)
             shaped = fit_with_gradient_shaping(
-                training.model_fn(), poisoned.data, seed=seed, **shaping.model_dump()
+                build_model(training.model_fn, seed), poisoned.data, seed=seed, **shaping.model_dump()
             )
             repairs.append(_Repair(
                 f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
-                measure(shaped.eval()),  # trusted: nn.Module.eval() (inference mode), not eval()
+                measure(shaped),
                 "training with per-example clipping and noise",
             ))  # fmt: skip
         return tuple(detection), repairs

@@ -39,6 +39,7 @@ from aisec.attacks.inference.roc import Roc
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError, CapabilityError
 from aisec.core.executor import InProcessExecutor, LocalProcessExecutor
+from aisec.core.seeding import build_model
 from aisec.core.severity import Severity
 from aisec.core.version import __version__
 from aisec.defend.robustness.dp_training import fit_with_dp, train_dp
@@ -224,7 +225,8 @@ def _retrain_with_dp(
 
     assert training.model_fn is not None and isinstance(context.target, TorchTarget)
     with context.progress.task(f"retraining with DP-SGD (epsilon {dp.target_epsilon:g})", total=1) as task:
-        result = train_dp(training.model_fn(), training.data, seed=context.seed, **_dp_arguments(dp))
+        model = build_model(training.model_fn, context.seed)
+        result = train_dp(model, training.data, seed=context.seed, **_dp_arguments(dp))
         task.advance()
     dp_model = TorchTarget(result.model, context.target.spec, device=str(context.target.device))
     x, y = context.data.x.to(dp_model.device), context.data.y.to(dp_model.device)

@@ -26,6 +26,7 @@ from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, poison_count
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
 from aisec.core.severity import Severity
 from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData
@@ -182,13 +183,12 @@ class PoisoningProbe:
         shaping = context.defences.gradient_shaping if context.defences else None
         if shaping is not None:
             assert training.model_fn is not None
-            torch.manual_seed(seed)
             model = fit_with_gradient_shaping(
-                training.model_fn(), poisoned.data, seed=seed, **shaping.model_dump()
+                build_model(training.model_fn, seed), poisoned.data, seed=seed, **shaping.model_dump()
             )
             repairs.append((
                 f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
-                measure(model.eval()),  # trusted: nn.Module.eval() (inference mode), not eval()
+                measure(model),
                 "training with per-example clipping and noise",
             ))  # fmt: skip
         return _Run(

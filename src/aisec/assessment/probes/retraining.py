@@ -3,12 +3,12 @@ the split of the assessment data into a trusted reference and an evaluation half
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from aisec.assessment.probe import AssessmentContext, Training
 from aisec.assessment.probes.served import split
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import build_model
 from aisec.data.dataset import LabelledData
 from aisec.targets.base import InputSpec
 
@@ -29,9 +29,8 @@ def retrain(training: Training, data: LabelledData, seed: int) -> nn.Module:
     """A fresh model from the factory, trained on `data` with the plan's recipe; the initial weights are
     seeded too, so that two runs of a plan retrain identical models."""
     assert training.model_fn is not None and training.fit is not None
-    torch.manual_seed(seed)
-    model = training.fit(training.model_fn(), data, seed=seed)
-    return model.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
+    model = training.fit(build_model(training.model_fn, seed), data, seed=seed)
+    return model.eval()
 
 
 def reference_and_evaluation(context: AssessmentContext) -> tuple[LabelledData, LabelledData]:
@@ -56,8 +55,3 @@ def scalar_bounds(spec: InputSpec, probe: str) -> tuple[float, float]:
     if isinstance(spec.lower, tuple) or isinstance(spec.upper, tuple):
         raise BadInputError(f"probes.{probe} needs one input range for every pixel, not bounds per feature")
     return float(spec.lower), float(spec.upper)
-
-
-def accuracy(model: nn.Module, data: LabelledData) -> float:
-    with torch.no_grad():
-        return float((model(data.x).argmax(1) == data.y).float().mean())

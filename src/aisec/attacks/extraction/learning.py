@@ -19,6 +19,7 @@ divergence up to a constant); with labels only, or `labels_only`, the hard label
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -28,6 +29,8 @@ from torch import nn
 
 from aisec.attacks.extraction.result import ExtractionResult
 from aisec.core.errors import BadInputError
+from aisec.core.seeding import build_model, draw_seed
+from aisec.core.training import TrainingConfig, train
 from aisec.data.dataset import LabelledData
 from aisec.targets.base import Access, InputSpec, Target
 
@@ -79,10 +82,9 @@ def extract_surrogate(
     spec = target.spec
     pool = _checked(target, query_budget, config, data)
     use_scores = target.access.allows(Access.SCORES) and not config.labels_only
+    generator = generator or torch.Generator().manual_seed(0)
     if surrogate is None:
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
-            surrogate = default_surrogate(spec)
+        surrogate = build_model(functools.partial(default_surrogate, spec), draw_seed(generator))
     before = target.queries.total
     rounds = config.rounds if config.source == "active" else 1
     budget = min(query_budget, len(pool)) if config.source == "natural" and pool is not None else query_budget
@@ -106,10 +108,11 @@ def extract_surrogate(
         xs.append(x)
         x = x.to(target.device)
         answers.append((target.probabilities(x) if use_scores else target.labels(x)).cpu())
-        _train(surrogate, torch.cat(xs), torch.cat(answers), config, generator)
+        training = TrainingConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
+        train(surrogate, _Answers(torch.cat(xs), torch.cat(answers)), training, generator=generator)
     return ExtractionResult(
         method=f"learning/{config.source}",
-        model=surrogate.eval(),  # trusted: nn.Module.eval() (inference mode), not eval()
+        model=surrogate.eval(),
         queries=target.queries.total - before,
         spec=spec,
         access=Access.SCORES if use_scores else Access.LABELS,
@@ -159,6 +162,14 @@ def _synthetic(
     return torch.max(torch.min(x, hi), lo)
 
 
+@dataclass(frozen=True)
+class _Answers:
+    """The queries and the victim's answers (probabilities or labels), as the training loop takes them."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
 def _choose(
     surrogate: nn.Module, candidates: torch.Tensor, n: int, first: bool, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -166,27 +177,7 @@ def _choose(
     surrogate's two most probable classes."""
     if first:
         return torch.randperm(len(candidates), generator=generator)[:n]
-    surrogate.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
+    surrogate.eval()
     with torch.no_grad():
         top2 = surrogate(candidates).softmax(1).topk(2, dim=1).values
     return (top2[:, 0] - top2[:, 1]).topk(n, largest=False).indices
-
-
-def _train(
-    surrogate: nn.Module,
-    x: torch.Tensor,
-    answers: torch.Tensor,
-    config: LearningConfig,
-    generator: torch.Generator | None,
-) -> None:
-    """Adam on cross-entropy to the answers (probabilities or labels), seeded batch order."""
-    optimiser = torch.optim.Adam(surrogate.parameters(), lr=config.lr)
-    surrogate.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for i in range(0, len(x), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(surrogate(x[idx]), answers[idx]).backward()
-            optimiser.step()
-    surrogate.eval()  # trusted: nn.Module.eval() (inference mode), not eval()

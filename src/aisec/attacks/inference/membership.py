@@ -34,6 +34,8 @@ from aisec.attacks.inference.roc import Roc, roc_curve
 from aisec.attacks.inference.scores import TINY_PROBABILITY, logit_score
 from aisec.core.errors import BadInputError, CapabilityError, DataError
 from aisec.core.executor import Executor, InProcessExecutor
+from aisec.core.seeding import build_model
+from aisec.core.training import evaluating
 from aisec.data.dataset import LabelledData
 from aisec.targets.base import Access, ScoreKind, Target
 
@@ -90,10 +92,8 @@ class ShadowJob:
 
 def train_shadow(job: ShadowJob) -> torch.Tensor:
     """Run one ShadowJob (top-level, so that executors can pickle it): logits (len(inputs), classes)."""
-    torch.manual_seed(job.seed)  # the initial weights
-    model = job.trainer.fit(job.trainer.model_fn(), job.data, seed=job.seed)
-    model.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
-    with torch.no_grad():
+    model = job.trainer.fit(build_model(job.trainer.model_fn, job.seed), job.data, seed=job.seed)
+    with evaluating(model), torch.no_grad():
         return model(job.inputs).float()
 
 

@@ -22,6 +22,8 @@ from torch import nn
 
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, check_rate, poison_count
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.seeding import global_rng
+from aisec.core.training import TrainingConfig, train
 from aisec.data.dataset import LabelledData
 
 
@@ -150,22 +152,19 @@ def retrain_last_layer(
         victim(data.x)
     hook.remove()
     z = features[0].flatten(1)
-    torch.manual_seed(seed)
-    head.reset_parameters()
+    with global_rng(seed):  # nn.Linear draws its initial weights from torch's global generator
+        head.reset_parameters()
     for p in victim.parameters():
         p.requires_grad_(False)
-    head.weight.requires_grad_(True)
-    if head.bias is not None:
-        head.bias.requires_grad_(True)
-    generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([p for p in head.parameters() if p.requires_grad], lr=lr)
-    for _ in range(epochs):
-        order = torch.randperm(len(z), generator=generator)
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            opt.zero_grad()
-            nn.functional.cross_entropy(head(z[idx]), data.y[idx]).backward()
-            opt.step()
+    for p in head.parameters():
+        p.requires_grad_(True)
+    config = TrainingConfig(epochs=epochs, lr=lr, batch_size=batch_size)
+    train(
+        head,
+        LabelledData(z, data.y, f"{data.name} (features)"),
+        config,
+        generator=torch.Generator().manual_seed(seed),
+    )
     return victim.eval()
 
 

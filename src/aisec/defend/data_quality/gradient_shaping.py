@@ -11,14 +11,14 @@ settings happen to give is reported beside the model as a side figure.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from aisec.core.errors import BadInputError, DataError
+from aisec.core.errors import BadInputError
+from aisec.core.training import PrivateTraining, TrainingConfig, train
 from aisec.data.dataset import LabelledData
 
 
@@ -73,66 +73,23 @@ def train_with_gradient_shaping(
 ) -> GradientShapingResult:
     """Train `model` on `data` with per-example gradients clipped to `config.max_grad_norm` and Gaussian noise
     of standard deviation `noise_multiplier * max_grad_norm` added to each Poisson-sampled batch's summed
-    gradient (Hong et al. 2020). Layers Opacus cannot clip per example (BatchNorm) are replaced by GroupNorm
-    first, so the returned model may differ from `model` in those layers. delta is 1/(10 n).
+    gradient (Hong et al. 2020): `aisec.core.training.train` with private training. Layers Opacus cannot clip
+    per example (BatchNorm) are replaced by GroupNorm first, so the returned model may differ from `model` in
+    those layers. delta is 1/(10 n).
 
     Raises before training: a batch larger than the data, non-finite inputs, negative labels, or data the
     model cannot take (its forward pass fails, or labels reach past its outputs)."""
     config = config or GradientShapingConfig()
-    try:
-        from opacus import PrivacyEngine
-        from opacus.validators import ModuleValidator
-    except ImportError:
-        raise BadInputError("gradient shaping needs Opacus: pip install 'aisec[privacy]'") from None
-    n = len(data)
-    if config.batch_size > n:
-        raise BadInputError(
-            f"gradient shaping: batch_size {config.batch_size} exceeds the {n} samples of {data.name}"
-        )
-    if not torch.isfinite(data.x).all():
-        raise DataError(f"{data.name}: inputs contain NaN or infinite values")
-    if int(data.y.min()) < 0:
-        raise DataError(f"{data.name}: labels must be class indices >= 0, got {int(data.y.min())}")
-    model = ModuleValidator.fix(model)
-    _check_fits(model, data)
-    delta = 1.0 / (10 * n)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(data.x, data.y), batch_size=config.batch_size
+    momentum = config.momentum if config.optimizer == "sgd" else 0.0
+    result = train(
+        model,
+        data,
+        TrainingConfig(config.epochs, config.lr, config.batch_size, config.optimizer, momentum),
+        generator=torch.Generator().manual_seed(seed),
+        private=PrivateTraining(config.noise_multiplier, config.max_grad_norm),
     )
-    if config.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # Opacus draws Poisson batches from the global generator outside secure mode: seed it, then restore it
-        torch.manual_seed(seed)
-        warnings.simplefilter("ignore")  # Opacus warns about secure RNG and full backward hooks
-        engine = PrivacyEngine(accountant="rdp")
-        shaped_model, optimizer, loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=config.noise_multiplier,
-            max_grad_norm=config.max_grad_norm,
-            noise_generator=torch.Generator().manual_seed(seed),
-        )
-        shaped_model.train()
-        for _ in range(config.epochs):
-            for x, y in loader:
-                if len(x) == 0:
-                    continue  # Poisson sampling can draw an empty batch
-                optimizer.zero_grad()
-                nn.functional.cross_entropy(shaped_model(x), y).backward()
-                optimizer.step()
-        epsilon = engine.get_epsilon(delta)
-    trained = shaped_model._module if hasattr(shaped_model, "_module") else shaped_model
-    return GradientShapingResult(
-        model=trained.eval(),  # trusted: nn.Module.eval() (inference mode), not eval()
-        config=config,
-        epsilon=float(epsilon),
-        delta=delta,
-        sample_rate=1 / len(loader),
-    )
+    assert result.epsilon is not None and result.delta is not None and result.sample_rate is not None
+    return GradientShapingResult(result.model, config, result.epsilon, result.delta, result.sample_rate)
 
 
 def fit_with_gradient_shaping(
@@ -143,22 +100,3 @@ def fit_with_gradient_shaping(
     `functools.partial`."""
     config = GradientShapingConfig(**settings)  # type: ignore[arg-type]
     return train_with_gradient_shaping(model, data, config, seed=seed).model
-
-
-def _check_fits(model: nn.Module, data: LabelledData) -> None:
-    """DataError if the model's forward pass fails on two samples or its outputs do not cover the labels."""
-    was_training = model.training
-    try:
-        with torch.no_grad():
-            out = model.eval()(data.x[:2])  # trusted: nn.Module.eval() (inference mode), not eval()
-    except RuntimeError as e:
-        raise DataError(
-            f"{data.name}: the model cannot take inputs of shape {tuple(data.x.shape[1:])}: {e}"
-        ) from None
-    finally:
-        model.train(was_training)
-    if out.dim() != 2 or int(data.y.max()) >= out.shape[1]:
-        raise DataError(
-            f"{data.name}: labels range up to {int(data.y.max())} but the model gives outputs of shape "
-            f"{tuple(out.shape[1:])}"
-        )

@@ -9,13 +9,14 @@ The result states the (epsilon, delta) guarantee actually spent, so a report can
 from __future__ import annotations
 
 import functools
-import warnings
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from aisec.core.errors import BadInputError
+from aisec.core.training import PrivateTraining, TrainingConfig, train
 from aisec.data.dataset import LabelledData
 
 
@@ -44,14 +45,10 @@ def train_dp(
     batch_size: int = 64,
     seed: int = 0,
 ) -> DPTrainingResult:
-    """Train `model` with DP-SGD to spend at most `target_epsilon` (delta defaults to 1/(10 n), below the
-    1/n that would allow publishing a record). Layers Opacus cannot clip per example (BatchNorm) are
-    replaced by GroupNorm first. Raises BadInputError for settings that cannot give a guarantee."""
-    try:
-        from opacus import PrivacyEngine
-        from opacus.validators import ModuleValidator
-    except ImportError:
-        raise BadInputError("DP training needs Opacus: pip install 'aisec[privacy]'") from None
+    """Train `model` with DP-SGD (SGD, momentum 0.9) to spend at most `target_epsilon` (delta defaults to
+    1/(10 n), below the 1/n that would allow publishing a record). Layers Opacus cannot clip per example
+    (BatchNorm) are replaced by GroupNorm first. Raises BadInputError for settings that cannot give a
+    guarantee."""
     n = len(data)
     delta = 1.0 / (10 * n) if delta is None else delta
     if not target_epsilon > 0:
@@ -60,43 +57,26 @@ def train_dp(
         raise BadInputError(f"delta must be in (0, 1/n = {1.0 / n:.2g}) for {n} records, got {delta}")
     if not (max_grad_norm > 0 and epochs >= 1 and 1 <= batch_size <= n):
         raise BadInputError("max_grad_norm must be positive, epochs >= 1 and 1 <= batch_size <= len(data)")
-    torch.manual_seed(seed)
-    model = ModuleValidator.fix(model)
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(data.x, data.y),
-        batch_size=batch_size,
+    sample_rate = 1 / math.ceil(
+        n / batch_size
+    )  # Poisson sampling at the expected batch share, as Opacus does
+    noise_multiplier = _noise_multiplier(target_epsilon, delta, sample_rate, epochs)
+    result = train(
+        model,
+        data,
+        TrainingConfig(epochs=epochs, lr=lr, batch_size=batch_size, optimizer="sgd", momentum=0.9),
         generator=torch.Generator().manual_seed(seed),
+        private=PrivateTraining(noise_multiplier, max_grad_norm, delta),
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Opacus warns about secure RNG and full backward hooks
-        engine = PrivacyEngine(accountant="rdp")
-        sample_rate = 1 / len(loader)  # Poisson sampling at the loader's expected batch share, as Opacus does
-        private_model, optimizer, loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=_noise_multiplier(target_epsilon, delta, sample_rate, epochs),
-            max_grad_norm=max_grad_norm,
-        )
-        private_model.train()
-        for _ in range(epochs):
-            for x, y in loader:
-                if len(x) == 0:
-                    continue  # Poisson sampling can draw an empty batch
-                optimizer.zero_grad()
-                nn.functional.cross_entropy(private_model(x), y).backward()
-                optimizer.step()
-        spent = engine.get_epsilon(delta)
-    trained = private_model._module if hasattr(private_model, "_module") else private_model
+    assert result.epsilon is not None and result.sample_rate is not None
     return DPTrainingResult(
-        model=trained.eval(),  # trusted: nn.Module.eval() (inference mode), not eval()
-        epsilon=float(spent),
+        model=result.model,
+        epsilon=result.epsilon,
         delta=delta,
-        noise_multiplier=float(optimizer.noise_multiplier),
+        noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         epochs=epochs,
-        sample_rate=sample_rate,
+        sample_rate=result.sample_rate,
     )
 
 
@@ -111,7 +91,10 @@ def _noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, e
     """The smallest noise multiplier that spends at most `target_epsilon` (Opacus's search with the RDP
     accountant). The search is most of a small model's DP training time, so it is cached: shadow models
     trained with one recipe on equal-sized sets share it."""
-    from opacus.accountants.utils import get_noise_multiplier
+    try:
+        from opacus.accountants.utils import get_noise_multiplier
+    except ImportError:
+        raise BadInputError("DP training needs Opacus: pip install 'aisec[privacy]'") from None
 
     return get_noise_multiplier(
         target_epsilon=target_epsilon,

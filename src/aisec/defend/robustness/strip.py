@@ -11,14 +11,13 @@ that share of clean inputs and flags every input below it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.training import evaluating
 from aisec.data.dataset import LabelledData
 
 _BLENDS_PER_BATCH = 8192
@@ -70,7 +69,7 @@ def strip_entropy(
     x, overlays = x.to(device), overlays.to(device)
     per_batch = max(1, _BLENDS_PER_BATCH // len(overlays))
     out = []
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), evaluating(model):
         for i in range(0, len(x), per_batch):
             xb = x[i : i + per_batch]
             blends = (xb[:, None] + overlays[None] - lower).clamp(lower, upper)
@@ -147,14 +146,3 @@ def _check_inputs(x: torch.Tensor, shape: tuple[int, ...], lower: float, upper: 
         raise DataError(
             f"{name}: inputs range over [{float(x.min()):g}, {float(x.max()):g}], outside [{lower:g}, {upper:g}]"
         )
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """The model in inference mode for the block, restored to its previous mode afterwards."""
-    was_training = model.training
-    model.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)

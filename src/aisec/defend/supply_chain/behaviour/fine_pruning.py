@@ -6,20 +6,25 @@ layer (by default the last convolution) in increasing order of their mean activa
 as clean accuracy on a validation part stays within `max_accuracy_drop` of the original; fine-tuning on
 the clean data then repairs the accuracy and, as the paper found, erases much of what pruning left of the
 backdoor.
-A pruned channel's weights and bias are zeroed and kept at zero during fine-tuning. The input model is never
-modified: the result holds a repaired deep copy.
+A pruned channel's weights and bias are zeroed and held at zero during fine-tuning by a pruning mask
+(`torch.nn.utils.prune`), made permanent afterwards. The input model is never modified: the result holds a
+repaired deep copy. Fine-tuning is `aisec.core.training.train`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 from aisec.core.errors import BadInputError, DataError
+from aisec.core.training import TrainingConfig, accuracy, train
 from aisec.data.dataset import LabelledData
 
 
@@ -75,11 +80,11 @@ def fine_prune(
     order = torch.randperm(len(clean), generator=generator)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     x, y = clean.x.to(device), clean.y.to(device)
-    val_x, val_y = x[order[:n_val]], y[order[:n_val]]
-    tune_x, tune_y = x[order[n_val:]], y[order[n_val:]]
+    validation = LabelledData(x[order[:n_val]], y[order[:n_val]], f"{clean.name} (validation)")
+    tuning = LabelledData(x[order[n_val:]], y[order[n_val:]], f"{clean.name} (fine-tuning)")
 
     repaired = copy.deepcopy(model).requires_grad_(True)
-    repaired.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
+    repaired.eval()
     with torch.no_grad():
         classes = repaired(x[:1]).shape[-1]
     if int(y.min()) < 0 or int(y.max()) >= classes:
@@ -87,27 +92,30 @@ def fine_prune(
             f"{clean.name}: labels range over [{int(y.min())}, {int(y.max())}] but the model has {classes} classes"
         )
     target = dict(repaired.named_modules())[name]
-    before = _accuracy(repaired, val_x, val_y)
-    ranking = _mean_activation(repaired, target, tune_x).argsort().tolist()
+    before = accuracy(repaired, validation)
+    ranking = _mean_activation(repaired, target, tuning.x).argsort().tolist()
     pruned: list[int] = []
-    accuracy = before
+    pruned_accuracy = before
     for channel in ranking[:-1]:  # never the last channel: the layer would carry nothing
         _zero(target, pruned + [channel])
-        trial = _accuracy(repaired, val_x, val_y)
+        trial = accuracy(repaired, validation)
         if before - trial > max_accuracy_drop:
             _restore(target, channel, model, name)
             break
         pruned.append(channel)
-        accuracy = trial
-    _fine_tune(repaired, target, pruned, tune_x, tune_y, fine_tune_epochs, lr, batch_size, generator)
+        pruned_accuracy = trial
+    if fine_tune_epochs > 0:
+        config = TrainingConfig(epochs=fine_tune_epochs, lr=lr, batch_size=batch_size)
+        with _held_at_zero(target, pruned):
+            train(repaired, tuning, config, generator=generator)
     return FinePruningResult(
-        repaired.eval(),  # trusted: nn.Module.eval() (inference mode), not eval()
+        repaired,
         name,
         tuple(pruned),
         len(ranking),
         before,
-        accuracy,
-        _accuracy(repaired, val_x, val_y),
+        pruned_accuracy,
+        accuracy(repaired, validation),
         n_val,
     )
 
@@ -151,11 +159,6 @@ def _layer_name(model: nn.Module, layer: nn.Module | str | None) -> str:
     raise BadInputError("fine-pruning: the model has no Conv2d and no hidden Linear layer to prune")
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return float((model(x).argmax(1) == y).float().mean())
-
-
 def _mean_activation(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Per output channel of `layer`, the mean over clean samples (and positions) of its positive part, the
     activation a ReLU passes on."""
@@ -185,26 +188,17 @@ def _restore(layer: nn.Module, channel: int, original: nn.Module, name: str) -> 
             layer.bias[channel] = source.bias[channel]
 
 
-def _fine_tune(
-    model: nn.Module,
-    layer: nn.Module,
-    pruned: list[int],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    generator: torch.Generator,
-) -> None:
-    """Adam on the clean samples, with the pruned channels zeroed again after every step."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator).to(x.device)
-        for i in range(0, len(x), batch_size):
-            idx = order[i : i + batch_size]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            _zero(layer, pruned)
-    model.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
+@contextmanager
+def _held_at_zero(layer: nn.Module, channels: list[int]) -> Iterator[None]:
+    """Within the block, `channels` of `layer` output zero whatever training does to their weights (a pruning
+    mask over weight and bias); on exit the zeros are written into the weights and the masks removed."""
+    names = [name for name in ("weight", "bias") if getattr(layer, name, None) is not None]
+    for name in names:
+        mask = torch.ones_like(getattr(layer, name))
+        mask[channels] = 0
+        prune.custom_from_mask(layer, name, mask)
+    try:
+        yield
+    finally:
+        for name in names:
+            prune.remove(layer, name)

@@ -123,7 +123,7 @@ def neural_cleanse(
     with fewer than two outputs, clean data of fewer than two classes, or classes outside the model's outputs.
     """
     was_training = model.training
-    model.eval()  # trusted: nn.Module.eval() (inference mode), not eval()
+    model.eval()
     try:
         x, y, num_classes = _check(model, clean, lower, upper)
         targets = _check_classes(classes, num_classes)
