@@ -1245,19 +1245,128 @@ def _7z_number(n: int) -> bytes:
     raise ValueError(n)
 
 
-def write_7z(name: str, data: bytes) -> bytes:
-    """A 7z archive holding one file with the Copy coder (no compression), per the 7z format spec."""
-    names = b"\x00" + name.encode("utf-16-le") + b"\x00\x00"
-    header = b"\x01\x04"  # Header, MainStreamsInfo
-    header += b"\x06" + _7z_number(0) + _7z_number(1) + b"\x09" + _7z_number(len(data)) + b"\x00"  # PackInfo
-    header += b"\x07\x0b" + _7z_number(1) + b"\x00" + _7z_number(1) + b"\x01\x00"  # UnPackInfo, 1 Copy coder
-    header += b"\x0c" + _7z_number(len(data)) + b"\x00"  # CodersUnPackSize, end of UnPackInfo
-    header += b"\x08\x0a\x01" + struct.pack("<I", zlib.crc32(data)) + b"\x00"  # SubStreamsInfo with the CRC
-    header += b"\x00"  # end of MainStreamsInfo
-    header += b"\x05" + _7z_number(1) + b"\x11" + _7z_number(len(names)) + names + b"\x00"  # FilesInfo, names
-    header += b"\x00"  # end of Header
+@dataclass(frozen=True)
+class SevenZipCoder:
+    """One 7z coder: its method id (7-Zip's DOC/Methods.txt), properties, and how to pack bytes with it."""
+
+    method: bytes
+    props: bytes
+    pack: Callable[[bytes], bytes]
+
+
+def _lzma2_dict_byte(size: int) -> int:
+    return next(b for b in range(41) if b == 40 or (2 | (b & 1)) << (b // 2 + 11) >= size)
+
+
+SEVEN_ZIP_CODERS: dict[str, SevenZipCoder] = {
+    "copy": SevenZipCoder(b"\x00", b"", lambda d: d),
+    "lzma": SevenZipCoder(
+        b"\x03\x01\x01",
+        bytes([(2 * 5 + 0) * 9 + 3]) + (1 << 16).to_bytes(4, "little"),  # pb=2, lp=0, lc=3, 64 KiB
+        lambda d: lzma.compress(
+            d,
+            lzma.FORMAT_RAW,
+            filters=[{"id": lzma.FILTER_LZMA1, "dict_size": 1 << 16, "lc": 3, "lp": 0, "pb": 2}],
+        ),
+    ),
+    "lzma2": SevenZipCoder(
+        b"\x21",
+        bytes([_lzma2_dict_byte(1 << 16)]),
+        lambda d: lzma.compress(
+            d, lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 16}]
+        ),
+    ),
+    "deflate": SevenZipCoder(
+        b"\x04\x01\x08",
+        b"",
+        lambda d: (lambda c: c.compress(d) + c.flush())(zlib.compressobj(9, zlib.DEFLATED, -15)),
+    ),
+    "bzip2": SevenZipCoder(b"\x04\x02\x02", b"", bz2.compress),
+}
+
+
+def seven_zip(
+    files: Iterable[tuple[str, bytes]],
+    method: str | SevenZipCoder = "copy",
+    *,
+    encode_header: bool = False,
+    solid: bool = True,
+    attributes: dict[str, int] | None = None,
+    crc: bool = True,
+) -> bytes:
+    """A 7z archive written from the format's specification (7-Zip's DOC/7zFormat.txt): one folder of one
+    coder for all files (`solid`) or one per file, a SubStreamsInfo with each file's size and CRC, names,
+    optional attributes, and the header stored plain or (`encode_header`, as 7-Zip does by default) packed
+    with LZMA2 behind a kEncodedHeader. Empty files are written as empty streams."""
+    coder = SEVEN_ZIP_CODERS[method] if isinstance(method, str) else method
+    files = list(files)
+    with_data = [(n, d) for n, d in files if d]
+    groups = [with_data] if solid and with_data else [[f] for f in with_data]
+    packed = [coder.pack(b"".join(d for _, d in g)) for g in groups]
+    num = _7z_number
+
+    def folder_record(c: SevenZipCoder) -> bytes:
+        flags = len(c.method) | (0x20 if c.props else 0)
+        return num(1) + bytes([flags]) + c.method + (num(len(c.props)) + c.props if c.props else b"")
+
+    def streams_info(pack_pos: int, packs: list[bytes], folders: list[tuple[SevenZipCoder, int]]) -> bytes:
+        out = (
+            b"\x06"
+            + num(pack_pos)
+            + num(len(packs))
+            + b"\x09"
+            + b"".join(num(len(p)) for p in packs)
+            + b"\x00"
+        )
+        out += b"\x07\x0b" + num(len(folders)) + b"\x00" + b"".join(folder_record(c) for c, _ in folders)
+        out += b"\x0c" + b"".join(num(size) for _, size in folders) + b"\x00"
+        return out
+
+    header = b"\x01"
+    if groups:
+        header += b"\x04" + streams_info(0, packed, [(coder, sum(len(d) for _, d in g)) for g in groups])
+        header += b"\x08\x0d" + b"".join(num(len(g)) for g in groups)
+        header += b"\x09" + b"".join(num(len(d)) for g in groups for _, d in g[:-1])
+        if crc:
+            header += b"\x0a\x01" + b"".join(struct.pack("<I", zlib.crc32(d)) for g in groups for _, d in g)
+        header += b"\x00\x00"
+    if files:
+        props = b""
+        empty = [not d for _, d in files]
+        if any(empty):
+            bits = bytes(sum(0x80 >> (i % 8) for i in range(j, min(j + 8, len(empty))) if empty[i])
+                         for j in range(0, len(empty), 8))  # fmt: skip
+            props += b"\x0e" + num(len(bits)) + bits
+            n_empty = sum(empty)
+            props += (
+                b"\x0f"
+                + num((n_empty + 7) // 8)
+                + bytes([0xFF] * (n_empty // 8))
+                + (bytes([(0xFF << (8 - n_empty % 8)) & 0xFF]) if n_empty % 8 else b"")
+            )  # every empty stream is an (empty) file, not a folder
+        names = b"\x00" + b"".join(n.encode("utf-16-le") + b"\x00\x00" for n, _ in files)
+        props += b"\x11" + num(len(names)) + names
+        if attributes:
+            body = b"\x01\x00" + b"".join(struct.pack("<I", attributes.get(n, 0x20)) for n, _ in files)
+            props += b"\x15" + num(len(body)) + body
+        header += b"\x05" + num(len(files)) + props + b"\x00"
+    header += b"\x00"
+    data = b"".join(packed)
+    if encode_header:
+        lz = SEVEN_ZIP_CODERS["lzma2"]
+        packed_header = lz.pack(header)
+        encoded = b"\x17" + streams_info(len(data), [packed_header], [(lz, len(header))])
+        encoded = encoded[:-1] + b"\x0a\x01" + struct.pack("<I", zlib.crc32(header)) + b"\x00"  # folder CRC
+        encoded += b"\x00"
+        data += packed_header
+        header = encoded
     start = struct.pack("<QQI", len(data), len(header), zlib.crc32(header))
     return b"7z\xbc\xaf\x27\x1c\x00\x04" + struct.pack("<I", zlib.crc32(start)) + start + data + header
+
+
+def write_7z(name: str, data: bytes, method: str = "copy", encode_header: bool = False) -> bytes:
+    """A 7z archive holding one file (Copy coder, plain header by default), per the 7z format spec."""
+    return seven_zip([(name, data)], method, encode_header=encode_header)
 
 
 def npy_header_object(shape: tuple[int, ...] = (1,)) -> bytes:
@@ -1576,6 +1685,15 @@ CONTAINERS: list[Container] = [
     Container(
         "7z", ".7z", "archive", lambda p, _: write_7z("model.pkl", p), reads_streams=True, requires=("py7zr",)
     ),
+    Container(
+        "7z-lzma2",
+        ".7z",
+        "archive",
+        lambda p, _: write_7z("model.pkl", p, "lzma2", encode_header=True),
+        reads_streams=True,
+        requires=("py7zr",),
+        note="LZMA2 and an LZMA2-packed header, as 7-Zip writes by default",
+    ),
 ]
 CONTAINERS_BY_NAME = {c.name: c for c in CONTAINERS}
 # Containers that are a single pickle stream with nothing around it: whole-stream tricks live only there.
@@ -1590,7 +1708,7 @@ _WHOLE_STREAM = {
         "torch-zip",
         "torch-legacy-tar",
     ),
-    *("zip", "tar", "tar-gz", "gzip", "zip-in-tar-gz", "7z"),
+    *("zip", "tar", "tar-gz", "gzip", "zip-in-tar-gz", "7z", "7z-lzma2"),
     *(f"joblib-{kind}" for kind in ("zlib", "gzip", "bz2", "xz", "lzma")),
 }
 _HEAVY_CONTAINERS = {"raw-pkl", "torch-zip"}

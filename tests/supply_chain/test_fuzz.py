@@ -13,9 +13,11 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import sys
 import time
 import zipfile
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +27,12 @@ from hypothesis import strategies as st
 from aisec.defend.supply_chain import Verdict, scan_bytes
 from aisec.defend.supply_chain.loading import _RestrictedUnpickler
 from aisec.defend.supply_chain.result import verdict_of
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from corpus import seven_zip  # noqa: E402
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -66,6 +74,10 @@ SEEDS: dict[str, bytes] = {
     "zip": _torch_like_zip(),
     "gzip-pickle": gzip.compress(pickle.dumps({"w": [1, 2, 3]}, protocol=4)),
     "onnx": _onnx(),
+    "7z": (HERE / "data" / "7z" / "lzma2.7z").read_bytes(),  # written by 7-Zip: LZMA2, solid, packed header
+    "7z-lzma-copy": seven_zip(
+        [("model.pkl", pickle.dumps(OrderedDict(w=[1.0]), protocol=4)), ("a.txt", b"text " * 40)], "lzma"
+    ),
 }
 _REFERENCE = ("pickle", "npy", "safetensors")  # the seeds with a reference parser for the "safe" property
 

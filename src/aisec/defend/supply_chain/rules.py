@@ -95,8 +95,16 @@ RULES: dict[str, Rule] = {
             "AISEC-SC-104",
             "archive-integrity",
             _L,
-            "A zip member's CRC or flags do not match its data; PyTorch ignores both, so the member was read anyway.",
+            "An archive member's CRC or flags do not match its data (a zip's or a 7z's); PyTorch ignores both, so the member was read anyway.",
             "The archive was altered after it was written; obtain a clean copy.",
+        ),
+        Rule(
+            "AISEC-SC-105",
+            "archive-member-not-analysed",
+            _M,
+            "An archive member is encrypted or packed with a method the scanner does not decode; it was not analysed.",
+            "Extract the member with a trusted tool and scan it, or obtain the model unencrypted.",
+            is_error=True,
         ),
         # Pickle.
         Rule(

@@ -29,6 +29,7 @@ from aisec.defend.supply_chain.formats import (
     onnx,
     pickle_scan,
     safetensors,
+    sevenzip,
 )
 from aisec.defend.supply_chain.limits import MIB, ScanLimits
 from aisec.defend.supply_chain.result import FileScan, ScanFinding, ScanReport
@@ -58,7 +59,7 @@ SCANNERS: dict[str, FormatScanner] = {
     "onnx": lambda data, ctx: onnx.scan_onnx(data, ctx, base_dir=ctx.base_dir),
     "json": keras.scan_json,
     "hdf5": keras.scan_hdf5,
-    "7z": _unsupported("7z archives are not supported"),
+    "7z": sevenzip.scan_7z,
     "unknown": _unsupported("the bytes match no known model, archive or text format"),
     "text": _nothing,
     "image": _nothing,

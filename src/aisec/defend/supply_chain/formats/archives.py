@@ -172,11 +172,14 @@ def _check_torchscript_code(content: memoryview, ctx: ScanContext) -> None:
         ctx.add("AISEC-SC-801", f"TorchScript code uses {match.group(0)}", match.start())
 
 
-def decompress(raw: memoryview, ctx: ScanContext, make: Callable[[], Any]) -> tuple[memoryview, int, bool]:
+def decompress(
+    raw: memoryview, ctx: ScanContext, make: Callable[[], Any], limit: int | None = None
+) -> tuple[memoryview, int, bool]:
     """Stream-decompress under the budget: returns (content, bytes left after the stream's end, whether the
     end marker was reached). Stops with LimitExceeded past the scan's total, or once past
-    `max_small_unpacked` at a ratio above `max_ratio` (a zip bomb). Input is fed in chunks, so neither
-    the compressed nor the decompressed side is ever copied whole more than once."""
+    `max_small_unpacked` at a ratio above `max_ratio` (a zip bomb); with `limit`, stops after that many
+    bytes (a stream of known size, as 7z's). Input is fed in chunks, so neither the compressed nor the
+    decompressed side is ever copied whole more than once."""
     decompressor = make()
     limits = ctx.limits
     out = bytearray()
@@ -197,6 +200,9 @@ def decompress(raw: memoryview, ctx: ScanContext, make: Callable[[], Any]) -> tu
         ctx.budget.charge_unpacked(len(produced))
         if len(out) > limits.max_small_unpacked and len(out) > limits.max_ratio * max(len(raw), 1):
             raise LimitExceeded(f"decompresses to more than {limits.max_ratio} times its size (a zip bomb?)")
+        if limit is not None and len(out) >= limit:
+            del out[limit:]
+            break
         if not produced and not chunk and not tail:
             break
     unused = len(decompressor.unused_data) + len(pending) if decompressor.eof else 0
