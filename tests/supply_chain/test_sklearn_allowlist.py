@@ -38,6 +38,12 @@ Y2 = np.arange(60) % 2
 YR = X @ np.array([1.0, 2.0, -1.0, 0.5]) + 3.0
 
 
+def _state() -> np.random.RandomState:
+    """A RandomState over a SeedSequence-seeded MT19937: its pickle holds numpy's SeedSequence, as the
+    global RandomState's does until something calls np.random.seed (which seeds it without one)."""
+    return np.random.RandomState(np.random.MT19937(np.random.SeedSequence(0)))
+
+
 def _families() -> dict[str, Callable[[], Any]]:
     from sklearn import (
         cluster,
@@ -55,7 +61,9 @@ def _families() -> dict[str, Callable[[], Any]]:
 
     return {
         # __pyx_unpickle_CyHalfMultinomialLoss (multiclass) and SeedSequence; Tree; Cy*Loss with __reduce__
-        "GradientBoostingClassifier-multiclass": fit(ensemble.GradientBoostingClassifier(n_estimators=5), Y3),
+        "GradientBoostingClassifier-multiclass": fit(
+            ensemble.GradientBoostingClassifier(n_estimators=5, random_state=_state()), Y3
+        ),
         "GradientBoostingClassifier-binary": fit(ensemble.GradientBoostingClassifier(n_estimators=5), Y2),
         "GradientBoostingClassifier-exponential": fit(
             ensemble.GradientBoostingClassifier(n_estimators=5, loss="exponential"), Y2
@@ -93,12 +101,16 @@ def _families() -> dict[str, Callable[[], Any]]:
         "SGDClassifier-log_loss": fit(linear_model.SGDClassifier(loss="log_loss"), Y2),
         "SGDRegressor-huber": fit(linear_model.SGDRegressor(loss="huber"), YR),
         # numpy's SeedSequence (a numpy Generator kept on the estimator)
-        "MLPClassifier": fit(neural_network.MLPClassifier(max_iter=20), Y3),
-        "MLPRegressor": fit(neural_network.MLPRegressor(max_iter=20), YR),
-        "GaussianProcessClassifier": fit(gaussian_process.GaussianProcessClassifier(), Y2),
-        "GaussianProcessRegressor": fit(gaussian_process.GaussianProcessRegressor(), YR),
-        "LatentDirichletAllocation": fit(decomposition.LatentDirichletAllocation(n_components=2, max_iter=2), None),
-        "MiniBatchDictionaryLearning": fit(decomposition.MiniBatchDictionaryLearning(n_components=2, max_iter=2), None),
+        "MLPClassifier": fit(neural_network.MLPClassifier(max_iter=20, random_state=_state()), Y3),
+        "MLPRegressor": fit(neural_network.MLPRegressor(max_iter=20, random_state=_state()), YR),
+        "GaussianProcessClassifier": fit(gaussian_process.GaussianProcessClassifier(random_state=_state()), Y2),
+        "GaussianProcessRegressor": fit(gaussian_process.GaussianProcessRegressor(random_state=_state()), YR),
+        "LatentDirichletAllocation": fit(
+            decomposition.LatentDirichletAllocation(n_components=2, max_iter=2, random_state=_state()), None
+        ),
+        "MiniBatchDictionaryLearning": fit(
+            decomposition.MiniBatchDictionaryLearning(n_components=2, max_iter=2, random_state=_state()), None
+        ),
         # sklearn's newObj: KDTree, BallTree and DistanceMetric
         "KNeighborsClassifier-kd_tree": fit(neighbors.KNeighborsClassifier(algorithm="kd_tree"), Y3),
         "KNeighborsClassifier-ball_tree": fit(neighbors.KNeighborsClassifier(algorithm="ball_tree"), Y3),
