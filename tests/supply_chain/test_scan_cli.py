@@ -135,19 +135,37 @@ def test_scanning_imports_no_torch(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_untrusted_sklearn_target_loads_through_the_scanner(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["logistic-binary", "gradient-boosting-multiclass"])
+def test_untrusted_sklearn_target_loads_through_the_scanner(kind: str, tmp_path: Path) -> None:
+    """An untrusted sklearn target is loaded through the scanner and answers as the estimator itself does:
+    its labels are the estimator's `predict` (classes 3, 5, 7 map to indices), its probabilities its
+    `predict_proba`. Logistic regression becomes a white-box torch model, gradient boosting (a Cython loss
+    object in its pickle) a black box with scores."""
     import joblib
+    import torch
+    from sklearn.ensemble import GradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression
 
     from aisec.assessment.plan import TargetSection
     from aisec.assessment.subject import load_target
+    from aisec.targets.base import Access
 
-    x, y = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
-    joblib.dump(LogisticRegression().fit(x, y), tmp_path / "m.joblib")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    n_classes = 2 if kind == "logistic-binary" else 3
+    y = np.array([3, 5, 7])[np.argmax(x[:, :n_classes] + 0.3 * rng.normal(size=(60, n_classes)), axis=1)]
+    estimator = (
+        LogisticRegression() if kind == "logistic-binary" else GradientBoostingClassifier(n_estimators=10)
+    ).fit(x, y)
+    joblib.dump(estimator, tmp_path / "m.joblib", compress=3)
     section = TargetSection(
-        kind="sklearn", path=tmp_path / "m.joblib", input={"shape": [3], "num_classes": 2}
+        kind="sklearn", path=tmp_path / "m.joblib", input={"shape": [3], "num_classes": n_classes}
     )
     target, _ = load_target(section)
-    import torch
+    inputs = torch.from_numpy(x)
 
-    assert target.labels(torch.from_numpy(x)).shape == (40,)
+    labels = target.labels(inputs).numpy()
+    np.testing.assert_array_equal(np.asarray(target.classes)[labels], estimator.predict(x))
+    assert len(set(labels.tolist())) == n_classes  # the comparison covers every class
+    assert target.access.allows(Access.SCORES)
+    np.testing.assert_allclose(target.probabilities(inputs).numpy(), estimator.predict_proba(x), atol=1e-5)
