@@ -18,7 +18,6 @@ from __future__ import annotations
 import struct
 
 from aisec.defend.supply_chain.context import LimitExceeded, ScanContext, Unparseable
-from aisec.defend.supply_chain.formats.templates import check_template
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -150,6 +149,8 @@ def _read_metadata(r: _Reader, n_kv: int, ctx: ScanContext, problems: list[tuple
             else:
                 problems.append((f"general.alignment {value} is not a power of two", value_at))
         elif raw == b"tokenizer.chat_template" or raw.startswith(b"tokenizer.chat_template."):
+            from aisec.defend.supply_chain.formats.templates import check_template  # jinja2: only when needed
+
             strings: list[tuple[int, bytes]] = []
             _read_value(r, value_type, problems, strings)
             if value_type != _STRING:
