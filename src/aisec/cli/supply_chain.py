@@ -1,4 +1,5 @@
 """The supply-chain commands: `aisec scan`, `keygen`, `sign`, `verify` and `bom` (docs/supply-chain.md).
+`aisec scan` itself is in `scan.py`, which `aisec.cli.main` also runs without typer.
 
 Exit codes: 0 clean / verified / written; 1 findings at or above --fail-on, or a failed verification;
 2 usage or I/O error (nothing written); 3 internal error; 130 interrupted.
@@ -6,21 +7,14 @@ Exit codes: 0 clean / verified / written; 1 findings at or above --fail-on, or a
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from aisec.cli.scan import FORMATS, SEVERITIES, ScanOptions, run_scan
 from aisec.cli.support import console, guarded
-from aisec.core.atomic import write_atomic
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
-
-if TYPE_CHECKING:
-    from aisec.defend.supply_chain.result import FileScan, ScanReport
-
-_SEVERITIES = ("info", "low", "medium", "high", "critical")
-_VERDICT_STYLE = {"safe": "green", "suspicious": "yellow", "error": "magenta", "unsafe": "red"}
 
 
 def scan(
@@ -47,58 +41,12 @@ def scan(
     ] = False,
 ) -> None:
     """Is this file safe to load? Static analysis of model files, executing nothing from them."""
-    if format not in ("text", "json", "sarif"):
+    if format not in FORMATS:
         raise typer.BadParameter("choose text, json or sarif", param_hint="--format")
-    if fail_on is not None and fail_on not in _SEVERITIES:
-        raise typer.BadParameter(f"choose one of {', '.join(_SEVERITIES)}", param_hint="--fail-on")
-
-    def run() -> int:
-        from aisec.core.severity import Severity
-        from aisec.defend.supply_chain.scanner import scan_paths
-        from aisec.report.scan import render_scan_json, render_scan_sarif
-
-        def progress(result: FileScan) -> None:
-            if not quiet and format == "text":
-                style = _VERDICT_STYLE[result.verdict.value]
-                console.print(f"[{style}]{result.verdict.value:10}[/{style}] {result.path} ({result.format})",
-                              highlight=False, soft_wrap=True)  # fmt: skip
-
-        report = scan_paths(paths, on_file=progress, hash_content=not no_hash)
-        for out_path, render in ((json_out, render_scan_json), (sarif_out, render_scan_sarif)):
-            if out_path is not None:
-                out_path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(out_path, render(report))
-        if format == "json":
-            sys.stdout.write(render_scan_json(report))
-        elif format == "sarif":
-            sys.stdout.write(render_scan_sarif(report))
-        else:
-            _print_findings(report)
-        return EXIT_POLICY_FAILED if report.fails(Severity(fail_on) if fail_on else None) else EXIT_OK
-
-    guarded(run)
-
-
-def _print_findings(report: ScanReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    out = Console()
-    flagged = [f for f in report.files if f.findings]
-    if flagged:
-        table = Table(title="findings", show_lines=False)
-        for column in ("file", "severity", "rule", "finding", "where"):
-            table.add_column(column, overflow="fold")
-        for scan_result in flagged:
-            for finding in sorted(scan_result.findings, key=lambda f: -f.severity.rank):
-                table.add_row(scan_result.path, finding.severity.value, finding.rule_id, finding.message,
-                              finding.location)  # fmt: skip
-        out.print(table)
-    counts = {v: sum(1 for f in report.files if f.verdict.value == v) for v in _VERDICT_STYLE}
-    summary = ", ".join(f"[{_VERDICT_STYLE[v]}]{n} {v}[/{_VERDICT_STYLE[v]}]" for v, n in counts.items() if n)
-    out.print(
-        f"{len(report.files)} file(s) scanned in {report.duration_s:.2f} s: {summary or 'nothing to scan'}"
-    )
+    if fail_on is not None and fail_on not in SEVERITIES:
+        raise typer.BadParameter(f"choose one of {', '.join(SEVERITIES)}", param_hint="--fail-on")
+    options = ScanOptions(tuple(paths), format, json_out, sarif_out, fail_on, quiet, no_hash)
+    guarded(lambda: run_scan(options))
 
 
 def keygen(

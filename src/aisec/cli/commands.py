@@ -1,0 +1,157 @@
+"""The `aisec` typer app: `assess` and `demo` here, the supply-chain commands from `supply_chain.py`.
+
+Heavy libraries are imported inside commands, so `aisec --help` stays fast. Exit codes: 0 policy held,
+1 a finding breaks the policy, 2 bad input, 3 internal error, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from aisec.cli import supply_chain as cli_supply_chain
+from aisec.cli.support import console, guarded
+from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
+from aisec.core.version import __version__
+from aisec.report import FILE_NAMES
+
+if TYPE_CHECKING:
+    from aisec.assessment.finding import Assessment
+    from aisec.core.progress import Progress
+
+app = typer.Typer(
+    name="aisec",
+    help="Red-team your AI system and verify its controls. Assessments: evasion, poisoning and backdoors, "
+    "model extraction, model inversion, membership and attribute inference, each with the controls that stop "
+    "them. Model files: scanning, safe loading, signing and verification, ML bills of materials. Reports in "
+    "HTML, JSON, SARIF and JUnit XML, for security and data science.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+FORMATS = tuple(FILE_NAMES)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aisec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """aisec: attack your own AI system the way an adversary would, and prove what holds."""
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[Progress]:
+    from aisec.core.progress import NullProgress, RichProgress
+
+    if quiet:
+        yield NullProgress()
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
+        yield RichProgress(bars)
+
+
+def _formats(value: str) -> tuple[str, ...]:
+    chosen = tuple(f.strip() for f in value.split(",") if f.strip())
+    bad = [f for f in chosen if f not in FORMATS]
+    if bad or not chosen:
+        raise typer.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
+    return chosen
+
+
+def _summarise(assessment: Assessment, paths: dict[str, Path]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{assessment.name}: {len(assessment.findings)} finding(s)")
+    for column in ("rule", "severity", "finding", "policy"):
+        table.add_column(column)
+    for f in assessment.findings:
+        verdict = "[red]broken[/red]" if f.breaks_policy else "held" if f.policy else "-"
+        table.add_row(
+            f.rule_id,
+            f.severity.value,
+            f.title + ("" if f.reliable else " [yellow](unreliable)[/yellow]"),
+            verdict,
+        )
+    console.print(table)
+    verdict = "[green]policy held[/green]" if assessment.passed else "[red]policy broken[/red]"
+    console.print(f"{verdict}; reports:")
+    for kind, path in paths.items():
+        console.print(f"  {kind:6} {path}")
+
+
+@app.command()
+def assess(
+    plan: Annotated[Path, typer.Argument(help="The assessment plan (YAML); see docs/plan.md.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports.")] = Path("out"),
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit.")
+    ] = ",".join(FORMATS),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Red-team a model as the plan says; exit 1 when a finding breaks the plan's policy."""
+    formats = _formats(format)
+
+    def run() -> int:
+        from aisec.assessment.plan import load_plan
+        from aisec.assessment.runner import run_plan
+        from aisec.report.writer import write_reports
+
+        loaded, digest = load_plan(plan)
+        with _progress(quiet) as progress:
+            assessment = run_plan(loaded, plan_path=plan, plan_sha256=digest, progress=progress)
+        paths = write_reports(assessment, output, formats)
+        _summarise(assessment, paths)
+        return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
+
+    guarded(run)
+
+
+@app.command()
+def demo(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for the model, plan and reports.")
+    ] = Path("out/demo"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train a small CNN on the built-in digits set, assess it, and write the report (exit 0 unless it fails)."""
+
+    def run() -> int:
+        from aisec.demo.run import run_demo
+        from aisec.report.writer import write_reports
+
+        console.print(
+            "training the demo CNN on digits and assessing it: evasion, extraction, inversion, membership "
+            "inference, poisoning and backdoors (ten minutes or more on 2 CPU cores)..."
+        )
+        with _progress(quiet) as progress:
+            plan_path, assessment = run_demo(output, progress)
+        paths = write_reports(assessment, output, FORMATS)
+        _summarise(assessment, paths)
+        console.print(f"plan used: {plan_path}\nopen {paths['html']}")
+        return EXIT_OK
+
+    guarded(run)
+
+
+cli_supply_chain.register(app)
