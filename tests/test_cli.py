@@ -154,3 +154,10 @@ def test_demo_writes_a_report(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert any(f["rule_id"] == "AISEC-EVA-001" for f in report["findings"])
+
+
+def test_help_says_what_aisec_does():
+    text = " ".join(runner.invoke(app, ["--help"], terminal_width=200).output.split()).lower()
+    for duty in ("evasion", "poisoning and backdoors", "model extraction", "model inversion", "membership",
+                 "attribute inference", "scanning", "safe loading", "signing", "bills of materials"):  # fmt: skip
+        assert duty in text, duty
