@@ -38,11 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from aisec.attacks.extraction.equation_solving import (
-    extract_linear,
-    extract_linear_adaptive,
-    extract_linear_from_labels,
-)
+from aisec.attacks.extraction.equation_solving import extract_linear, extract_linear_adaptive
+from aisec.attacks.extraction.equation_solving_labels import extract_linear_from_labels
 from aisec.attacks.extraction.learning import LearningConfig, default_surrogate, extract_surrogate
 from aisec.attacks.extraction.metrics import accuracy, agreement, parameter_error
 from aisec.attacks.inference.label_only import gap_attack, noise_robustness_attack

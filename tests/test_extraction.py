@@ -13,11 +13,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
 
-from aisec.attacks.extraction.equation_solving import (
-    extract_linear,
-    extract_linear_adaptive,
-    extract_linear_from_labels,
-)
+from aisec.attacks.extraction.equation_solving import extract_linear, extract_linear_adaptive
+from aisec.attacks.extraction.equation_solving_labels import extract_linear_from_labels
 from aisec.attacks.extraction.learning import LearningConfig, extract_surrogate
 from aisec.attacks.extraction.metrics import accuracy, agreement, parameter_error, transfer_rate
 from aisec.core.errors import BadInputError, CapabilityError, DataError

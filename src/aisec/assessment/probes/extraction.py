@@ -25,11 +25,8 @@ from aisec.assessment.plan import ExtractionProbeSection
 from aisec.assessment.probe import AssessmentContext
 from aisec.assessment.probes.evasion import reference_budget
 from aisec.assessment.probes.served import api_label, api_view, cell, hardened_views, split
-from aisec.attacks.extraction.equation_solving import (
-    extract_linear,
-    extract_linear_adaptive,
-    extract_linear_from_labels,
-)
+from aisec.attacks.extraction.equation_solving import extract_linear, extract_linear_adaptive
+from aisec.attacks.extraction.equation_solving_labels import extract_linear_from_labels
 from aisec.attacks.extraction.learning import LearningConfig, extract_surrogate
 from aisec.attacks.extraction.metrics import (
     TransferResult,
