@@ -8,11 +8,14 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 OUT ?= out/demo
+# `make demo DEMO_ARGS=--full` runs the thorough assessment instead of the two-minute one.
+DEMO_ARGS ?=
 
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := $(VENV)/constraints.txt
 STAMP := $(VENV)/.aisec-installed
+DEMO_STAMP := $(VENV)/.aisec-demo
 
 .PHONY: demo test test-all bench fuzz lint clean
 
@@ -23,9 +26,15 @@ $(CONSTRAINTS): $(BIN)/python
 	$(PIP) install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > $(CONSTRAINTS)
 
+# Everything the tests, lint and benchmarks need.
 $(STAMP): $(CONSTRAINTS) pyproject.toml
 	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[dev]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+# Only what the demo needs (the `demo` extra), so that a newcomer's first command installs little.
+$(DEMO_STAMP): $(CONSTRAINTS) pyproject.toml
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[demo]"
+	touch $(DEMO_STAMP)
 
 $(VENV)/.aisec-bench: $(STAMP)
 	# torchattacks declares torchvision, which it does not need for its attacks and which has no CPU build here.
@@ -35,8 +44,8 @@ $(VENV)/.aisec-bench: $(STAMP)
 	$(PIP) install --quiet -c $(CONSTRAINTS) picklescan modelscan fickling
 	touch $@
 
-demo: $(STAMP)
-	$(BIN)/aisec demo --output $(OUT)
+demo: $(DEMO_STAMP)
+	$(BIN)/aisec demo --output $(OUT) $(DEMO_ARGS)
 	# Supply chain: scan the model file the demo wrote, then describe it in a CycloneDX ML-BOM.
 	$(BIN)/aisec scan $(OUT)/model --json $(OUT)/scan.json --sarif $(OUT)/scan.sarif
 	$(BIN)/aisec bom $(OUT)/model --output $(OUT)/bom.cdx.json --framework pytorch --dataset digits

@@ -169,3 +169,20 @@ def test_untrusted_sklearn_target_loads_through_the_scanner(kind: str, tmp_path:
     assert len(set(labels.tolist())) == n_classes  # the comparison covers every class
     assert target.access.allows(Access.SCORES)
     np.testing.assert_allclose(target.probabilities(inputs).numpy(), estimator.predict_proba(x), atol=1e-5)
+
+
+def test_file_names_that_look_like_markup_print_literally(tmp_path: Path) -> None:
+    """A file name is attacker-chosen: "[bold]" or "[/x]" in it must print as written, never as rich markup
+    (which once dropped the text, or crashed the scan), through the fast path and through typer alike."""
+    (tmp_path / "a[red]b.pkl").write_bytes(pickle.dumps({"w": 1}))
+    (tmp_path / "e[bold]x[u].pkl").write_bytes(pickle.dumps(_System()))
+    fast = subprocess.run([sys.executable, "-m", "aisec", "scan", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+    typer_path = runner.invoke(app, ["scan", str(tmp_path)], env={"COLUMNS": "300"})
+    for code, text in (
+        (fast.returncode, fast.stdout + fast.stderr),
+        (typer_path.exit_code, typer_path.output),
+    ):
+        assert code == 1, text
+        assert "a[red]b.pkl" in text and "e[bold]x[u].pkl" in text
+        assert "Traceback" not in text

@@ -6,6 +6,7 @@ Heavy libraries are imported inside commands, so `aisec --help` stays fast. Exit
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,16 +48,23 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="On an internal error (exit 3), show the traceback.")
+    ] = False,
 ) -> None:
     """aisec: attack your own AI system the way an adversary would, and prove what holds."""
 
 
 @contextmanager
 def _progress(quiet: bool) -> Iterator[Progress]:
-    from aisec.core.progress import NullProgress, RichProgress
+    """Bars on a terminal; one line per step where standard error is a log (CI, a pipe); nothing if quiet."""
+    from aisec.core.progress import LineProgress, NullProgress, RichProgress
 
     if quiet:
         yield NullProgress()
+        return
+    if not console.is_terminal:
+        yield LineProgress(sys.stderr)
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -133,6 +141,10 @@ def demo(
         Path, typer.Option("--output", "-o", help="Folder for the model, plan and reports.")
     ] = Path("out/demo"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="The thorough assessment (more samples, attacks, rates, shadow models)."),
+    ] = False,
 ) -> None:
     """Train a small CNN on the built-in digits set, assess it, and write the report (exit 0 unless it fails)."""
 
@@ -140,12 +152,13 @@ def demo(
         from aisec.demo.run import run_demo
         from aisec.report.writer import write_reports
 
+        duration = "ten minutes or more" if full else "about two minutes"
         console.print(
             "training the demo CNN on digits and assessing it: evasion, extraction, inversion, membership "
-            "inference, poisoning and backdoors (ten minutes or more on 2 CPU cores)..."
+            f"inference, poisoning and backdoors, with their defences ({duration} on 2 CPU cores)..."
         )
         with _progress(quiet) as progress:
-            plan_path, assessment = run_demo(output, progress)
+            plan_path, assessment = run_demo(output, progress, full=full)
         paths = write_reports(assessment, output, FORMATS)
         _summarise(assessment, paths)
         console.print(f"plan used: {plan_path}\nopen {paths['html']}")

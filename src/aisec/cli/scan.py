@@ -87,8 +87,9 @@ def run_scan(options: ScanOptions) -> int:
     def progress(result: FileScan) -> None:
         if not options.quiet and options.format == "text":
             verdict, style = result.verdict.value, VERDICT_STYLE[result.verdict.value]
-            echo(f"[{style}]{verdict:10}[/{style}] {result.path} ({result.format})",
-                 f"{verdict:10} {result.path} ({result.format})", err=True, soft_wrap=True, highlight=False)  # fmt: skip
+            where = f"{result.path} ({result.format})"
+            echo(f"[{style}]{verdict:10}[/{style}] {_escaped(where)}", f"{verdict:10} {where}",
+                 err=True, soft_wrap=True, highlight=False)  # fmt: skip
 
     report = scan_paths(options.paths, on_file=progress, hash_content=not options.no_hash)
     for out_path, kind in ((options.json_out, "json"), (options.sarif_out, "sarif")):
@@ -119,20 +120,37 @@ def _print_findings(report: ScanReport) -> None:
     if flagged:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title="findings", show_lines=False)
         for column in ("file", "severity", "rule", "finding", "where"):
             table.add_column(column, overflow="fold")
         for scan_result in flagged:
             for finding in sorted(scan_result.findings, key=lambda f: -f.severity.rank):
-                table.add_row(scan_result.path, finding.severity.value, finding.rule_id, finding.message,
-                              finding.location)  # fmt: skip
+                # Text, never markup: paths and messages quote the scanned files, which an attacker writes
+                cells = (
+                    scan_result.path,
+                    finding.severity.value,
+                    finding.rule_id,
+                    finding.message,
+                    finding.location,
+                )
+                table.add_row(*(Text(str(cell)) for cell in cells))
         Console().print(table)
     counts = {v: sum(1 for f in report.files if f.verdict.value == v) for v in VERDICT_STYLE}
     styled = ", ".join(f"[{VERDICT_STYLE[v]}]{n} {v}[/{VERDICT_STYLE[v]}]" for v, n in counts.items() if n)
     plain = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     head = f"{len(report.files)} file(s) scanned in {report.duration_s:.2f} s: "
     echo(head + (styled or "nothing to scan"), head + (plain or "nothing to scan"))
+
+
+def _escaped(text: str) -> str:
+    """`text` as rich markup that prints it literally (a file name may hold "[red]" or "[/x]")."""
+    if "[" not in text:
+        return text
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def echo(

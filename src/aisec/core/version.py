@@ -1,10 +1,9 @@
-"""The installed version of aisec, which every report and provenance record states."""
+"""The version of aisec, which every report and provenance record states.
+
+A literal, not a lookup in the installed package's metadata: `importlib.metadata` costs `aisec scan` about a
+tenth of its start-up (docs/benchmarks.md). pyproject.toml reads the package's version from here.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("aisec")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+source"
+__version__ = "0.1.0"

@@ -1,7 +1,8 @@
 """`aisec demo`: train the digits CNN, write a plan for it, assess it through that plan, write the report.
 
-The plan runs every probe: evasion, extraction, inversion and membership inference, with output hardening and
-DP-SGD measured beside the model as served.
+The plan runs every probe (evasion, extraction, inversion, membership inference, poisoning, backdoors) with every
+defence measured beside the model as served (output hardening, DP-SGD, gradient shaping): at small settings by
+default, in about two minutes on two CPU cores; thoroughly with `full=True` (`aisec demo --full`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,51 @@ import yaml
 from aisec.assessment.finding import Assessment
 from aisec.core.progress import Progress
 
+# The two-minute demo: every probe and every defence, at small settings (fewer samples, budgets, shadow models,
+# rates and triggers). `aisec demo --full` runs FULL_DEMO_PLAN, the thorough assessment.
 DEMO_PLAN = {
     "name": "Demo: digits CNN under evasion, extraction, inversion, membership inference, poisoning and backdoors",
+    "seed": 0,
+    "target": {
+        "kind": "torch",
+        "factory": "aisec.demo.models:digits_cnn",
+        "path": "model/digits_cnn.pt",
+        "input": {"shape": [1, 8, 8], "num_classes": 10, "lower": 0.0, "upper": 1.0},
+    },
+    "data": {"builtin": "digits", "split": "test", "samples": 300},
+    "threat_model": {
+        "knowledge": "white_box",
+        "norm": "linf",
+        "budgets": [0.05, 0.1, 0.2],
+        "query_budget": 2000,
+    },
+    "probes": {
+        "evasion": {"examples": 4},
+        "extraction": {"query_budget": 500, "strategies": ["natural"]},
+        "inversion": {"steps": 100},
+        "membership": {"records": 100, "shadows": 8},
+        "poisoning": {"attacks": ["random_flip"], "rates": [0.1], "folds": 3},
+        "backdoor": {"triggers": ["patch"], "rates": [0.05], "repair": ["retrain"]},
+    },
+    "training": {
+        "data": {"builtin": "digits", "split": "train"},
+        "recipe": "aisec.core.training:fit",
+    },
+    "defences": {
+        "output_hardening": [{"label_only": True}],
+        "dp_training": {"target_epsilon": 4.0, "epochs": 10, "lr": 0.05, "batch_size": 128},
+        "gradient_shaping": {},
+    },
+    "policy": {
+        "min_clean_accuracy": 0.95,
+        "min_robust_accuracy": {0.05: 0.5},
+        "max_membership_auc": 0.6,
+        "max_extraction_agreement": 0.95,
+    },
+}
+
+FULL_DEMO_PLAN = {
+    "name": "Demo (full): digits CNN under evasion, extraction, inversion, membership inference, poisoning and backdoors",
     "seed": 0,
     "target": {
         "kind": "torch",
@@ -58,8 +102,9 @@ DEMO_PLAN = {
 }
 
 
-def prepare_demo(workdir: Path, *, seed: int = 0) -> Path:
-    """Train the demo model, save its weights and the plan under `workdir`; return the plan's path."""
+def prepare_demo(workdir: Path, *, seed: int = 0, full: bool = False) -> Path:
+    """Train the demo model, save its weights and the plan (DEMO_PLAN, or FULL_DEMO_PLAN) under `workdir`;
+    return the plan's path."""
     import torch
 
     from aisec.core.seeding import build_model
@@ -72,15 +117,17 @@ def prepare_demo(workdir: Path, *, seed: int = 0) -> Path:
     (workdir / "model").mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), workdir / "model" / "digits_cnn.pt")
     plan_path = workdir / "plan.yaml"
-    plan_path.write_text(yaml.safe_dump(DEMO_PLAN, sort_keys=False))
+    plan_path.write_text(yaml.safe_dump(FULL_DEMO_PLAN if full else DEMO_PLAN, sort_keys=False))
     return plan_path
 
 
-def run_demo(workdir: Path, progress: Progress | None = None) -> tuple[Path, Assessment]:
+def run_demo(
+    workdir: Path, progress: Progress | None = None, *, full: bool = False
+) -> tuple[Path, Assessment]:
     """Everything `make demo` does short of writing the report: returns the plan's path and the assessment."""
     from aisec.assessment.plan import load_plan
     from aisec.assessment.runner import run_plan
 
-    plan_path = prepare_demo(workdir)
+    plan_path = prepare_demo(workdir, full=full)
     plan, digest = load_plan(plan_path)
     return plan_path, run_plan(plan, plan_path=plan_path, plan_sha256=digest, progress=progress)
