@@ -1,4 +1,9 @@
-"""Shared, seeded fixtures: the digits CNN (trained once per session) and a gradient-masked variant."""
+"""Shared, seeded fixtures: the digits CNN (trained once per session) and a gradient-masked variant.
+
+Tests whose figures depend on a trained model carry the `training` mark: modules that train their own models
+say so with `pytestmark`, and every test that uses one of this file's trained models is marked here. CI runs
+them a second time under torch's portable kernels (`make test-portable`), where float rounding differs.
+"""
 
 from __future__ import annotations
 
@@ -52,3 +57,12 @@ def masked_model(digits: Split) -> nn.Module:
 @pytest.fixture()
 def masked_target(masked_model: nn.Module) -> TorchTarget:
     return TorchTarget(masked_model, DIGITS_SPEC)
+
+
+TRAINED_FIXTURES = {"digits_model", "digits_target", "masked_model", "masked_target"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if TRAINED_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.training)

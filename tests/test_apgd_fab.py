@@ -28,6 +28,8 @@ from aisec.targets.base import InputSpec, Target
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 N = 200
 EPS = {"linf": 0.1, "l2": 0.5}
 ONE = 1 / N  # one sample's worth of accuracy

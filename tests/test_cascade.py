@@ -1,10 +1,13 @@
 """The cascade: never above its strongest member, monotone in the budget, every success verified."""
 
+import pytest
 import torch
 
 from aisec.attacks.evasion.cascade import CLEAN_WRONG, run_cascade
 from aisec.attacks.evasion.norms import batch_norm
 from aisec.attacks.evasion.registry import ATTACKS
+
+pytestmark = pytest.mark.training  # its figures depend on trained models
 
 
 def test_cascade_is_the_per_sample_worst_case(digits, digits_target):

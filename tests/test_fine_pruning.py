@@ -3,56 +3,70 @@ and the attack measured on the other 270."""
 
 from __future__ import annotations
 
+import statistics
+
+import backdoor_victims as victims
 import pytest
 import torch
+from backdoor_victims import SEEDS, badnets_victim
 from torch import nn
 
-from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
-from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.core.errors import BadInputError, DataError
-from aisec.core.seeding import build_model
-from aisec.core.training import fit
 from aisec.data.dataset import LabelledData
 from aisec.defend.supply_chain.behaviour.fine_pruning import fine_prune
-from aisec.demo.models import digits_cnn
 
-PATCH = PatchTrigger(size=3, pattern="square")
+pytestmark = pytest.mark.training  # its figures depend on trained models
 
-
-@pytest.fixture(scope="module")
-def badnets(digits) -> nn.Module:
-    poisoned = plant_backdoor(
-        digits.train, PATCH, target_class=0, rate=0.05, generator=torch.Generator().manual_seed(1)
-    )
-    return fit(build_model(digits_cnn, 0), poisoned.data, seed=0)
+PATCH = victims.PATCH
 
 
 @pytest.fixture(scope="module")
-def halves(digits) -> tuple[LabelledData, LabelledData]:
-    order = torch.randperm(len(digits.test), generator=torch.Generator().manual_seed(0))
-    own, rest = order[:270], order[270:]
-    return (
-        LabelledData(digits.test.x[own], digits.test.y[own], "defender"),
-        LabelledData(digits.test.x[rest], digits.test.y[rest], "evaluation"),
-    )
+def badnets() -> nn.Module:
+    return badnets_victim(0)
 
 
-def test_fine_pruning_weakens_the_backdoor_mostly_by_fine_tuning(badnets, halves):
-    own, evaluation = halves
-    before = measure_backdoor(badnets, evaluation, PATCH, 0)
-    result = fine_prune(badnets, own)
+@pytest.fixture(scope="module")
+def halves() -> tuple[LabelledData, LabelledData]:
+    return victims.halves()
+
+
+def figures(seed: int) -> dict[str, float]:
+    """Fine-pruning of the seed's BadNets victim (10 %, target 0) with the defender's 270 clean samples."""
+    model, (own, evaluation) = badnets_victim(seed), victims.halves()
+    before = measure_backdoor(model, evaluation, PATCH, 0)
+    result = fine_prune(model, own, seed=seed)
     after = measure_backdoor(result.model, evaluation, PATCH, 0)
-    pruned_only = measure_backdoor(fine_prune(badnets, own, fine_tune_epochs=0).model, evaluation, PATCH, 0)
-    assert before.attack_success == 1.0
-    assert result.layer == "2" and result.channels == 32
-    assert result.fraction_pruned >= 0.3  # measured 16 of 32
-    assert result.accuracy_pruned >= result.accuracy_before - 0.04  # the pruning budget held
-    # The trigger excites the channels most active on clean digits too, so pruning the dormant ones leaves it
-    # intact (measured ASR 1.000); fine-tuning at lr 1e-2 brings it down to 0.792.
-    assert pruned_only.attack_success >= 0.95
-    assert after.attack_success <= 0.9
-    assert after.clean_accuracy >= before.clean_accuracy - 0.05  # measured 0.985 -> 0.959
+    pruned_only = measure_backdoor(fine_prune(model, own, fine_tune_epochs=0).model, evaluation, PATCH, 0)
+    return {
+        "success_before": before.attack_success,
+        "success_pruned_only": pruned_only.attack_success,
+        "success_fine_pruned": after.attack_success,
+        "clean_before": before.clean_accuracy,
+        "clean_fine_pruned": after.clean_accuracy,
+        "fraction_pruned": result.fraction_pruned,
+        "pruning_cost": result.accuracy_before - result.accuracy_pruned,
+    }
+
+
+def test_fine_pruning_keeps_its_budget_and_does_not_remove_these_backdoors():
+    """What holds on every seed and kernel set, and what does not (docs/poisoning.md). Seed study
+    (bench/seed_study.py test_fine_pruning --seeds 0-4 --threads 1, under native AVX-512, default and AVX2
+    kernels, n=15): attack success before 1.000 every time; pruned 0.56-0.84 of the 32 channels at a cost of
+    0.012-0.037 validation accuracy (budget 0.04); pruning alone leaves attack success at 0.61-1.00 (median
+    0.996); fine-pruning ends at 0.06-0.90 (median 0.67): it weakens these backdoors by fine-tuning, by a
+    different amount on every seed, and never reliably removes them; clean accuracy drops 0.00-0.04."""
+    runs = [figures(seed) for seed in SEEDS]
+    for run in runs:
+        assert run["success_before"] >= 0.95
+        assert run["pruning_cost"] <= 0.04  # the pruning budget held
+        assert run["fraction_pruned"] >= 0.5
+        assert run["clean_fine_pruned"] >= run["clean_before"] - 0.05
+    pruned_only = statistics.median(run["success_pruned_only"] for run in runs)
+    fine_pruned = statistics.median(run["success_fine_pruned"] for run in runs)
+    # The trigger excites the channels most active on clean digits too: pruning the dormant ones leaves it
+    assert pruned_only >= 0.9  # medians of seeds 0-2: 0.967 (AVX-512), 0.984 (default), 0.967 (AVX2)
+    assert fine_pruned < pruned_only  # 0.620, 0.604, 0.657: fine-tuning does what little is done
 
 
 def test_pruned_channels_stay_zero_and_the_input_is_untouched(badnets, halves):

@@ -9,6 +9,8 @@ from aisec.attacks.evasion.pgd import PGDConfig, pgd
 from aisec.core.errors import CapabilityError, DataError
 from aisec.targets.views import scores_only
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.0)])
 def test_pgd_keeps_budget_and_bounds(digits, digits_target, norm, eps):

@@ -26,6 +26,8 @@ from aisec.targets.base import Access, InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only, scores_only
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 
 def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)

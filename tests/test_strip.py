@@ -3,12 +3,16 @@ entropy under superimposition, at a threshold set on clean data for a 1 % false 
 
 from __future__ import annotations
 
+import statistics
+
+import backdoor_victims as victims
 import pytest
 import torch
+from backdoor_victims import SEEDS, badnets_victim
 from torch import nn
 
 from aisec.attacks.backdoor.plant import plant_backdoor
-from aisec.attacks.backdoor.triggers import BlendTrigger, PatchTrigger, WarpTrigger
+from aisec.attacks.backdoor.triggers import BlendTrigger, WarpTrigger
 from aisec.core.errors import BadInputError, DataError
 from aisec.core.seeding import build_model
 from aisec.core.training import fit
@@ -16,49 +20,57 @@ from aisec.data.dataset import LabelledData
 from aisec.defend.robustness.strip import StripDetector, evaluate_strip, fit_strip
 from aisec.demo.models import digits_cnn
 
-PATCH = PatchTrigger(size=3, pattern="square")
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
+PATCH = victims.PATCH
 
 
-def _backdoored(digits, trigger, target: int = 0, rate: float = 0.1) -> nn.Module:
+def _backdoored(digits, trigger, target: int = 0, rate: float = 0.1, seed: int = 0) -> nn.Module:
     poisoned = plant_backdoor(
-        digits.train, trigger, target_class=target, rate=rate, generator=torch.Generator().manual_seed(1)
+        digits.train, trigger, target_class=target, rate=rate, generator=torch.Generator().manual_seed(seed)
     )
-    return fit(build_model(digits_cnn, 0), poisoned.data, seed=0)
+    return fit(build_model(digits_cnn, seed), poisoned.data, seed=seed)
 
 
 @pytest.fixture(scope="module")
-def badnets(digits) -> nn.Module:
-    return _backdoored(digits, PATCH)
+def badnets() -> nn.Module:
+    return badnets_victim(0)
 
 
 @pytest.fixture(scope="module")
-def halves(digits) -> tuple[LabelledData, LabelledData]:
-    """The defender's 270 clean test samples and the other 270 to evaluate on."""
-    order = torch.randperm(len(digits.test), generator=torch.Generator().manual_seed(0))
-    own, rest = order[:270], order[270:]
-    return (
-        LabelledData(digits.test.x[own], digits.test.y[own], "defender"),
-        LabelledData(digits.test.x[rest], digits.test.y[rest], "evaluation"),
-    )
+def halves() -> tuple[LabelledData, LabelledData]:
+    return victims.halves()
 
 
-def _evaluate(model: nn.Module, halves, trigger, target: int = 0):
+def _evaluate(model: nn.Module, halves, trigger, target: int = 0, seed: int = 0):
     own, evaluation = halves
-    detector = fit_strip(model, own, generator=torch.Generator().manual_seed(0))
+    detector = fit_strip(model, own, generator=torch.Generator().manual_seed(seed))
     triggered = trigger.apply(evaluation.x[evaluation.y != target])
     return detector, evaluate_strip(detector, evaluation.x, triggered)
 
 
-def test_strip_flags_badnets_triggered_inputs(badnets, halves):
+def figures(seed: int) -> dict[str, float]:
+    """STRIP at 1 % FRR on the seed's BadNets victim (10 %, target 0), on the held-out half."""
+    _, result = _evaluate(badnets_victim(seed), victims.halves(), PATCH, seed=seed)
+    return {"detection": result.detection_rate, "frr": result.frr, "auc": result.auc}
+
+
+def test_strip_flags_badnets_triggered_inputs():
+    """Seed study (bench/seed_study.py test_strip --seeds 0-4 --threads 1, under native AVX-512, default and
+    AVX2 kernels, n=15): detection 0.992-1.000 (median 1.000), FRR on the held-out half 0.000-0.015 (0.004),
+    AUC 0.999-1.000. Asserted on the median of three seeds."""
+    runs = [figures(seed) for seed in SEEDS]
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    assert median["detection"] >= 0.95
+    assert median["frr"] <= 0.04  # 0.01 was set on the defender's half
+    assert median["auc"] >= 0.99
+
+
+def test_strip_detector_and_its_evaluation(badnets, halves):
     detector, result = _evaluate(badnets, halves, PATCH)
     assert isinstance(detector, StripDetector) and len(detector.overlays) == 32
     assert result.triggered == 245 and result.clean == 270
-    assert result.detection_rate >= 0.95  # measured 0.996 (threshold 0.025 bits)
     assert result.far == pytest.approx(1 - result.detection_rate)
-    assert (
-        result.frr <= 0.04
-    )  # measured 0.015 on the held-out clean half, for 0.01 set on the defender's half
-    assert result.auc >= 0.99  # measured 1.000
     flags = detector.flags(PATCH.apply(halves[1].x[:20]))
     assert flags.dtype == torch.bool and flags.shape == (20,)
 

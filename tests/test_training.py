@@ -12,6 +12,8 @@ from aisec.core.training import PrivateTraining, TrainingConfig, accuracy, evalu
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import digits_cnn
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 SMALL = TrainingConfig(epochs=2, batch_size=32)
 
 
