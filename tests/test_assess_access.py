@@ -18,8 +18,8 @@ def finding(assessment, rule="AISEC-EVA-001"):
     return next(f for f in assessment.findings if f.rule_id == rule)
 
 
-def metric(f, prefix):
-    return next(m.value for m in f.metrics if m.name.startswith(prefix))
+def metric(f, metric_id):
+    return f.metric(metric_id).value
 
 
 @pytest.mark.parametrize("knowledge,attack", [("scores", "square"), ("labels", "hopskipjump")])
@@ -34,12 +34,12 @@ def test_black_box_knowledge_uses_the_matching_attack(digits, digits_target, kno
     f = finding(a)
     assert f.provenance.settings["attacks"] == [attack]
     assert f"{knowledge} attacker" in f.title
-    low, high = (metric(f, f"robust accuracy at linf eps={e}") for e in ("0.1", "0.3"))
-    assert high.value <= low.value < metric(f, "clean accuracy").value
-    assert metric(f, "median queries to success") <= 400
+    low, high = (metric(f, f"robust_accuracy@{e}") for e in ("0.1", "0.3"))
+    assert high.value <= low.value < metric(f, "clean_accuracy").value
+    assert metric(f, "median_queries_to_success") <= 400
     # white-box masking checks need gradients; a black-box attacker gets the randomness check only
-    checks = finding(a, "AISEC-EVA-003").tables[0].rows
-    assert [row[0] for row in checks] == ["randomised forward pass"]
+    checks = finding(a, "AISEC-EVA-003").tables[0]
+    assert checks.column("check") == ("randomised forward pass",)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,14 @@
 """Gradient masking: a model whose first layer kills the gradient is caught, not reported robust."""
 
+import pytest
 import torch
 
 from aisec.assessment.plan import EvasionProbeSection, PolicySection, ProbesSection
 from aisec.assessment.runner import run_assessment
 from aisec.assessment.threat_model import ThreatModel
 from aisec.data.dataset import LabelledData
+
+pytestmark = pytest.mark.training  # its figures depend on trained models
 
 
 def assess(target, digits, n=200):
@@ -25,7 +28,7 @@ def test_masked_model_is_flagged_not_reported_robust(digits, masked_target):
     by_rule = {f.rule_id: f for f in a.findings}
     masking = by_rule["AISEC-EVA-002"]
     assert not masking.reliable and masking.breaks_policy
-    fired = {row[0] for row in masking.tables[0].rows if row[1] == "yes"}
+    fired = {row["check"] for row in masking.tables[0].records() if row["fired"] == "yes"}
     assert "zero or non-finite input gradients" in fired
     assert "success does not reach 100 % with an unbounded budget" in fired
     assert "black-box attack beats white-box attacks" in fired

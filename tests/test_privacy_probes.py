@@ -40,6 +40,8 @@ from aisec.targets.base import Access, InputSpec
 from aisec.targets.sklearn_models import sklearn_target
 from aisec.targets.torch_target import TorchTarget
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 torch.set_num_threads(1)
 SPEC = InputSpec((1, 8, 8), 10)
 FIT = functools.partial(fit, epochs=60)
@@ -82,8 +84,8 @@ def _finding(assessment: Assessment, rule: str) -> Finding:
     return next(f for f in assessment.findings if f.rule_id == rule)
 
 
-def _rows(finding: Finding, api: str) -> list[tuple]:
-    return [row for row in finding.tables[0].rows if row[0] == api]
+def _rows(finding: Finding, api: str) -> list[dict]:
+    return [row for row in finding.tables[0].records() if row["model / API"] == api]
 
 
 def test_membership_leaks_and_dp_sgd_brings_it_to_chance(assessment: Assessment) -> None:
@@ -91,43 +93,50 @@ def test_membership_leaks_and_dp_sgd_brings_it_to_chance(assessment: Assessment)
     # epsilon 3.99: loss 0.554, LiRA 0.496, RMIA 0.540; test accuracy 62.4% vs 95.4%.
     membership = _finding(assessment, "AISEC-MIA-001")
     served = _rows(membership, "as served")
-    assert [row[1].split(" (")[0] for row in served] == ["loss threshold", "LiRA online", "RMIA online"]
-    assert max(row[2] for row in served) > 0.62
-    assert [row[1].split(" (")[0] for row in _rows(membership, "labels only")] == ["gap", "noise robustness"]
+    assert [row["attack"].split(" (")[0] for row in served] == [
+        "loss threshold",
+        "LiRA online",
+        "RMIA online",
+    ]
+    assert max(row["ROC AUC"] for row in served) > 0.62
+    assert [row["attack"].split(" (")[0] for row in _rows(membership, "labels only")] == [
+        "gap",
+        "noise robustness",
+    ]
     assert len(_rows(membership, "top-1, 2 decimals")) == 3
-    dp_rows = [row for row in membership.tables[0].rows if row[0].startswith("DP-SGD, epsilon")]
+    dp_rows = [
+        row for row in membership.tables[0].records() if row["model / API"].startswith("DP-SGD, epsilon")
+    ]
     assert len(dp_rows) == 3
-    assert all(row[2] < 0.58 for row in dp_rows)
+    assert all(row["ROC AUC"] < 0.58 for row in dp_rows)
     assert membership.charts[0].log_x and membership.charts[0].log_y
 
     defences = _finding(assessment, "AISEC-MIA-002")
-    metrics = {m.name: m.value for m in defences.metrics}
-    assert metrics["DP-SGD epsilon spent"] <= 4.0
-    assert 0 < metrics["accuracy paid for DP-SGD"] < 0.5
-    assert [row[0] for row in defences.tables[0].rows][:3] == [
+    assert defences.metric("dp_epsilon").value <= 4.0
+    assert 0 < defences.metric("dp_accuracy_cost").value < 0.5
+    assert defences.tables[0].column("defence")[:3] == (
         "none (as served)",
         "top-1, 2 decimals",
         "labels only",
-    ]
+    )
 
 
 def test_extraction_steals_a_faithful_copy_through_each_api(assessment: Assessment) -> None:
     # Measured: natural 270 queries (the whole pool) 94.1 % agreement, active 500 queries 86.7 %; top-1 with 2
     # decimals 91.5 %, labels only 91.1 %; 36.5 % of surrogate PGD examples at L-inf 0.2 transfer.
     extraction = _finding(assessment, "AISEC-EXT-001")
-    rows = extraction.tables[0].rows
-    assert [row[:2] for row in rows] == [
+    rows = extraction.tables[0].records()
+    assert [(row["API"], row["method"]) for row in rows] == [
         ("as served", "learning/natural"),
         ("as served", "learning/active"),
         ("top-1, 2 decimals", "learning/natural"),
         ("labels only", "learning/natural"),
     ]
-    assert max(row[3] for row in rows) > 0.9
-    assert all(row[2] <= 500 for row in rows)
-    assert all(row[3] > 0.8 for row in rows[2:])  # hardening does not stop a natural-data attacker
+    assert max(row["agreement"] for row in rows) > 0.9
+    assert all(row["queries"] <= 500 for row in rows)
+    assert all(row["agreement"] > 0.8 for row in rows[2:])  # hardening does not stop a natural-data attacker
     assert extraction.severity.value == "high"
-    transfer = next(m for m in extraction.metrics if m.name.startswith("transfer rate"))
-    assert 0.1 < transfer.value < 1
+    assert 0.1 < extraction.metric("transfer_rate").value < 1
 
 
 def test_inversion_galleries_and_the_label_only_api(assessment: Assessment) -> None:
@@ -135,9 +144,13 @@ def test_inversion_galleries_and_the_label_only_api(assessment: Assessment) -> N
     reconstructions, means = inversion.galleries
     assert len(reconstructions.pictures) == len(means.pictures) == 10
     assert len(reconstructions.pictures[0].image) == 8 and len(reconstructions.pictures[0].image[0]) == 8
-    rows = inversion.tables[0].rows
-    assert rows[0][0] == "as served" and rows[0][4] <= 8000
-    assert rows[-1][:3] == ("labels only", "labels", "not possible: no scores")
+    rows = inversion.tables[0].records()
+    assert rows[0]["API"] == "as served" and rows[0]["queries"] <= 8000
+    assert (rows[-1]["API"], rows[-1]["access"], rows[-1]["classes identified"]) == (
+        "labels only",
+        "labels",
+        "not possible: no scores",
+    )
 
 
 def test_the_report_validates_against_the_schema(assessment: Assessment) -> None:
@@ -150,11 +163,12 @@ def test_equation_solving_of_a_linear_model_in_the_probe(digits: Split) -> None:
     probes = ProbesSection(extraction=ExtractionProbeSection(query_budget=200, strategies=("natural",)))
     defences = DefencesSection(output_hardening=(OutputHardeningSection(decimals=3),))
     assessment = run_assessment(target, digits.test, probes, threat_model=SCORES, defences=defences, seed=0)
-    rows = _finding(assessment, "AISEC-EXT-001").tables[0].rows
-    exact = next(row for row in rows if row[1] == "equation_solving")
-    assert exact[2] == 65 and exact[3] == 1.0 and exact[5] < 1e-4
-    rounded = next(row for row in rows if row[0] == "3 decimals")
-    assert rounded[1] == "adaptive_equation_solving" and rounded[2] <= 200 and rounded[3] > 0.99
+    rows = _finding(assessment, "AISEC-EXT-001").tables[0].records()
+    exact = next(row for row in rows if row["method"] == "equation_solving")
+    assert exact["queries"] == 65 and exact["agreement"] == 1.0 and exact["parameter error"] < 1e-4
+    rounded = next(row for row in rows if row["API"] == "3 decimals")
+    assert rounded["method"] == "adaptive_equation_solving" and rounded["queries"] <= 200
+    assert rounded["agreement"] > 0.99
 
 
 @pytest.mark.parametrize(
@@ -229,11 +243,10 @@ def test_attribute_probe_finds_memorised_attributes_and_not_in_non_members() -> 
     assessment = run_assessment(target, LabelledData(x[100:], y[100:], "others"), probes, threat_model=SCORES,
                                 training=Training(members), seed=0)  # fmt: skip
     finding = _finding(assessment, "AISEC-ATT-001")
-    gains = {m.name: m.value for m in finding.metrics}
-    assert gains["gain over the best baseline (members)"] >= 0.2  # measured: +0.30
-    assert gains["gain over the best baseline (non-members)"] <= 0.05
+    assert finding.metric("member_gain").value >= 0.2  # measured: +0.30
+    assert finding.metric("non_member_gain").value <= 0.05
     assert finding.severity.value == "high"
-    assert [row[0] for row in finding.tables[0].rows] == ["training records", "non-members"]
+    assert finding.tables[0].column("records") == ("training records", "non-members")
 
 
 def test_attribute_probe_refuses_a_feature_outside_the_sample(victim, training, digits) -> None:

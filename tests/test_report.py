@@ -65,10 +65,15 @@ def make_assessment() -> Assessment:
         recommendation="Train adversarially and re-run the plan.",
         provenance=provenance,
         metrics=(
-            Metric("robust accuracy", Estimate(0.52, 0.476, 0.563, 500), description="accuracy under PGD"),
-            Metric("clean accuracy", Estimate(0.98, 0.964, 0.989, 500)),
-            Metric("median queries", 40.0, "queries"),
-            Metric("loss ratio", float("nan")),
+            Metric(
+                "robust accuracy",
+                Estimate(0.52, 0.476, 0.563, 500),
+                id="robust_accuracy",
+                description="accuracy under PGD",
+            ),
+            Metric("clean accuracy", Estimate(0.98, 0.964, 0.989, 500), id="clean_accuracy"),
+            Metric("median queries", 40.0, "queries", id="median_queries"),
+            Metric("loss ratio", float("nan"), id="loss_ratio"),
         ),
         tables=(Table("Accuracy by budget", ("eps", "accuracy"), ((0.0, 0.98), (8 / 255, 0.52))),),
         charts=(
@@ -114,7 +119,7 @@ def make_assessment() -> Assessment:
         message="AUC 0.61, but the attack's calibration failed.",
         recommendation="Regularise the model.",
         provenance=provenance,
-        metrics=(Metric("AUC", 0.61),),
+        metrics=(Metric("AUC", 0.61, id="auc"),),
         galleries=(
             Gallery(
                 "Reconstructions", (Picture(f"class 3 {MALICIOUS}", ORIGINAL, (("confidence", "97.0%"),)),)
@@ -159,18 +164,19 @@ def test_json_validates_and_round_trips_the_figures(reports: dict[str, Path]) ->
     doc = _strict_json(reports["json"])
     jsonschema.Draft202012Validator(load_schema()).validate(doc)
     assert doc == to_json_dict(make_assessment())
-    assert doc["schema"] == "aisec.assessment/1" and doc["passed"] is False
+    assert doc["schema"] == "aisec.assessment/2" and doc["passed"] is False
     evasion, inference = doc["findings"]
     assert evasion["severity"] == "high" and evasion["attack_class"] == "evasion" and evasion["breaks_policy"]
-    assert evasion["metrics"][0]["value"] == {
+    metrics = {metric["id"]: metric["value"] for metric in evasion["metrics"]}
+    assert metrics["robust_accuracy"] == {
         "value": 0.52,
         "lower": 0.476,
         "upper": 0.563,
         "n": 500,
         "method": "Wilson score interval, 95%",
     }
-    assert evasion["metrics"][2]["value"] == 40.0
-    assert evasion["metrics"][3]["value"] is None  # NaN
+    assert metrics["median_queries"] == 40.0
+    assert metrics["loss_ratio"] is None  # NaN
     series = evasion["charts"][0]["series"][0]
     assert (series["x"], series["y"], series["lower"], series["upper"]) == (
         [0.0, 0.01, 0.03],
@@ -410,7 +416,7 @@ def test_html_shows_figures_charts_examples_and_escapes(reports: dict[str, Path]
 
 
 def test_estimate_text() -> None:
-    metric = Metric("robust accuracy", Estimate(0.52, 0.47, 0.57, 500))
+    metric = Metric("robust accuracy", Estimate(0.52, 0.47, 0.57, 500), id="robust_accuracy")
     assert format_metric(metric) == "0.520 (95% CI 0.470–0.570, n=500)"
 
 
@@ -494,7 +500,7 @@ def test_bad_arguments_are_refused_before_writing(tmp_path: Path) -> None:
 def test_non_finite_floats_never_reach_the_json() -> None:
     doc = to_json_dict(make_assessment())
     text = json.dumps(doc, allow_nan=False)  # raises on NaN or infinity
-    assert math.isnan(make_assessment().findings[0].metrics[3].value)
+    assert math.isnan(make_assessment().findings[0].metric("loss_ratio").value)
     assert '"name": "loss ratio", "value": null' in text
 
 

@@ -23,6 +23,8 @@ from aisec.demo.models import digits_cnn
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 
 class _Spy:
     """A recipe that counts its calls: a check that fails must leave it at zero."""
@@ -40,7 +42,7 @@ def _findings(assessment, rule):
 
 
 def _rows(finding, title_start):
-    return next(t for t in finding.tables if t.title.startswith(title_start)).rows
+    return next(t for t in finding.tables if t.title.startswith(title_start)).records()
 
 
 def test_a_poison_rate_outside_the_unit_interval_is_a_plan_error() -> None:
@@ -124,12 +126,13 @@ def test_backdoor_probe_plants_screens_and_repairs(digits, digits_model) -> None
     )
     planted = _findings(assessment, "AISEC-BKD-001")
     (row,) = _rows(planted, "Attack success")
-    assert row[3] > 0.9 and row[4] > row[5] - 0.02  # attack success, clean accuracy kept within 2 points
+    # clean accuracy kept within 2 points
+    assert row["attack success"] > 0.9 and row["clean accuracy"] > row["clean model accuracy"] - 0.02
     defences = _findings(assessment, "AISEC-BKD-002")
-    union = [r for r in _rows(defences, "Poison detection") if r[2] == "all three (union)"]
-    assert union[0][5] >= 0.95  # recall
+    union = [r for r in _rows(defences, "Poison detection") if r["detector"] == "all three (union)"]
+    assert union[0]["recall"] >= 0.95
     (repair,) = _rows(defences, "Repairs")
-    assert repair[4] < 0.1  # attack success after retraining without the flags
+    assert repair["attack success after"] < 0.1  # after retraining without the flags
     assert planted.galleries and len(planted.galleries[0].pictures) == 2  # clean and patched sample
 
 
@@ -148,8 +151,8 @@ def test_backdoor_probe_full(digits, digits_model) -> None:
     assert "flags 1 of the 1 models" in scan.message  # the backdoored control is
     defences = _findings(assessment, "AISEC-BKD-002")
     strip = _rows(defences, "STRIP")
-    assert strip[0][1] > 0.9
-    repairs = {r[2].split(" (")[0]: r for r in _rows(defences, "Repairs")}
+    assert strip[0]["triggered inputs detected"] > 0.9
+    repairs = {r["repair"].split(" (")[0]: r for r in _rows(defences, "Repairs")}
     assert set(repairs) == {"retrain without flagged samples", "gradient shaping", "fine-pruning"}
 
 
@@ -161,11 +164,12 @@ def test_poisoning_probe_flips_audits_and_repairs(digits, digits_model) -> None:
         training=Training(digits.train, digits_cnn, fit),
     )
     defences = _findings(assessment, "AISEC-POI-002")
-    rows = {r[2].split(" (")[0]: r for r in _rows(defences, "Flipped labels")}
+    rows = {r["detector"].split(" (")[0]: r for r in _rows(defences, "Flipped labels")}
     # recall and precision; measured 0.849 and 0.87 (the issue asks for 0.8 and 0.8)
-    assert rows["confident learning"][5] >= 0.8 and rows["confident learning"][4] >= 0.8
-    assert rows["either"][5] >= 0.95
+    assert rows["confident learning"]["recall"] >= 0.8 and rows["confident learning"]["precision"] >= 0.8
+    assert rows["either"]["recall"] >= 0.95
     (repair,) = _rows(defences, "Repairs")
-    assert repair[4] > repair[3]  # accuracy after removing the flagged samples beats the poisoned model's
+    # accuracy after removing the flagged samples beats the poisoned model's
+    assert repair["accuracy after"] > repair["accuracy before"]
     audit = _findings(assessment, "AISEC-POI-003")
-    assert audit.metrics[0].value < 0.02  # digits' own labels are nearly all right
+    assert audit.metric("flagged_by_both").value < 0.02  # digits' own labels are nearly all right

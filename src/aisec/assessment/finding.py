@@ -26,8 +26,13 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Metric:
-    """One figure of a finding. `value` is a plain number or an Estimate with its interval."""
+    """One figure of a finding. `value` is a plain number or an Estimate with its interval.
 
+    `id` is stable across releases, for programs: snake_case, with `@` and the parameter for a figure measured
+    at one of several values of it (`robust_accuracy@0.05`); `name` is for people and may change.
+    """
+
+    id: str = field(kw_only=True)
     name: str
     value: float | Estimate | None
     unit: str = ""
@@ -88,9 +93,26 @@ class Gallery:
 
 @dataclass(frozen=True)
 class Table:
+    """Figures in rows, one cell per column; column headings are unique."""
+
     title: str
     columns: tuple[str, ...]
     rows: tuple[tuple[Any, ...], ...]
+
+    def __post_init__(self) -> None:
+        if len(set(self.columns)) < len(self.columns):
+            raise ValueError(f"table {self.title!r}: column headings repeat: {self.columns}")
+
+    def column(self, name: str) -> tuple[Any, ...]:
+        """The cells of one column, in row order; KeyError naming the columns there are."""
+        if name not in self.columns:
+            raise KeyError(f"table {self.title!r} has no column {name!r}; it has {self.columns}")
+        i = self.columns.index(name)
+        return tuple(row[i] for row in self.rows)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as mappings from column heading to cell."""
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
 @dataclass(frozen=True)
@@ -139,9 +161,21 @@ class Finding:
     policy: tuple[PolicyCheck, ...] = ()
     reliable: bool = True
 
+    def __post_init__(self) -> None:
+        ids = [m.id for m in self.metrics]
+        if len(set(ids)) < len(ids):
+            raise ValueError(f"{self.rule_id}: metric ids repeat: {ids}")
+
     @property
     def breaks_policy(self) -> bool:
         return any(not check.passed for check in self.policy)
+
+    def metric(self, metric_id: str) -> Metric:
+        """The metric with this id; KeyError naming the ids there are."""
+        for metric in self.metrics:
+            if metric.id == metric_id:
+                return metric
+        raise KeyError(f"{self.rule_id} has no metric {metric_id!r}; it has {[m.id for m in self.metrics]}")
 
 
 @dataclass(frozen=True)

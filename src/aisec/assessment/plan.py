@@ -1,18 +1,28 @@
 """The YAML assessment plan: what to attack, with which data, under which threat model and policy.
 
 Validated with pydantic; every error names the file, the line and the field (`plan.yaml:7: target.kind: ...`).
-The schema is documented in docs/plan.md.
+The schema is documented in docs/plan.md. Each probe's section registers the probe (aisec.assessment.registry)
+and says what else of the plan the probe needs (`plan_needs`); `ProbesSection` offers every registered one.
 """
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from aisec.assessment.registry import PROBES, ProbeSpec, register
 from aisec.assessment.threat_model import ThreatModel
 from aisec.attacks.evasion.registry import ATTACK_NAMES
 from aisec.core.errors import PlanError
@@ -65,7 +75,15 @@ class DataSection(_Section):
         return self
 
 
-class EvasionProbeSection(_Section):
+class ProbeSection(_Section):
+    """One probe's section of `probes`; subclasses are registered with `registry.register`."""
+
+    def plan_needs(self, plan: Plan) -> None:
+        """Raise ValueError when the rest of the plan cannot serve this probe (checked as the plan loads)."""
+
+
+@register("evasion", probe="aisec.assessment.probes.evasion:EvasionProbe")
+class EvasionProbeSection(ProbeSection):
     attacks: tuple[str, ...] | None = Field(
         None, description="attacks of the cascade, in order; default: the strongest the knowledge allows"
     )
@@ -86,7 +104,8 @@ class EvasionProbeSection(_Section):
         return attacks
 
 
-class ExtractionProbeSection(_Section):
+@register("extraction", probe="aisec.assessment.probes.extraction:ExtractionProbe")
+class ExtractionProbeSection(ProbeSection):
     """Stealing a working copy: a surrogate trained on the target's answers, and for linear scikit-learn models
     equation solving (docs/privacy.md)."""
 
@@ -99,7 +118,8 @@ class ExtractionProbeSection(_Section):
     )
 
 
-class InversionProbeSection(_Section):
+@register("inversion", probe="aisec.assessment.probes.inversion:InversionProbe")
+class InversionProbeSection(ProbeSection):
     """Class-representative reconstruction (Fredrikson et al. 2015)."""
 
     classes: tuple[int, ...] | None = Field(None, description="classes to reconstruct; default all")
@@ -109,7 +129,8 @@ class InversionProbeSection(_Section):
     )
 
 
-class MembershipProbeSection(_Section):
+@register("membership", probe="aisec.assessment.probes.membership:MembershipProbe")
+class MembershipProbeSection(ProbeSection):
     """Was a record in the training set? Needs `training.data`; LiRA and RMIA also `training.recipe`."""
 
     attacks: tuple[Literal["loss", "lira", "rmia", "gap", "noise"], ...] | None = Field(
@@ -121,8 +142,17 @@ class MembershipProbeSection(_Section):
     shadows: int = Field(16, ge=4, description="shadow models (LiRA, RMIA)")
     workers: int = Field(1, ge=1, description="processes training shadow models")
 
+    def plan_needs(self, plan: Plan) -> None:
+        _needs_training_data(plan)
+        by_default = ("lira", "rmia") if plan.threat_model.knowledge is not Access.LABELS else ()
+        attacks = by_default if self.attacks is None else self.attacks
+        shadow_attacks = sorted({"lira", "rmia"} & set(attacks))
+        if shadow_attacks:
+            _needs_retraining(plan, ", ".join(shadow_attacks))
 
-class AttributeProbeSection(_Section):
+
+@register("attribute", probe="aisec.assessment.probes.attribute:AttributeProbe")
+class AttributeProbeSection(ProbeSection):
     """Attribute inference on training records: one sensitive feature hidden, guessed among `values`. Needs
     `training.data`."""
 
@@ -130,11 +160,15 @@ class AttributeProbeSection(_Section):
     values: tuple[float, ...] = Field(min_length=2, description="the values the feature takes")
     records: int = Field(200, gt=0, description="members attacked, and as many non-members from `data`")
 
+    def plan_needs(self, plan: Plan) -> None:
+        _needs_training_data(plan)
+
 
 PoisonRate = Annotated[float, Field(gt=0, lt=1, description="fraction of the training set poisoned")]
 
 
-class PoisoningProbeSection(_Section):
+@register("poisoning", probe="aisec.assessment.probes.poisoning:PoisoningProbe")
+class PoisoningProbeSection(ProbeSection):
     """Label-flipping poisoning: the training set poisoned at each rate, the model retrained with
     `training.recipe`, and the label audit (confident learning, nearest neighbours) that should find it. Needs
     `training`."""
@@ -150,8 +184,12 @@ class PoisoningProbeSection(_Section):
     audit: bool = Field(True, description="also audit the training set as given for label issues")
     folds: int = Field(5, ge=2, description="cross-validation folds for confident learning's probabilities")
 
+    def plan_needs(self, plan: Plan) -> None:
+        _needs_retraining_on_poison(plan, "poisoning")
 
-class BackdoorProbeSection(_Section):
+
+@register("backdoor", probe="aisec.assessment.probes.backdoor:BackdoorProbe")
+class BackdoorProbeSection(ProbeSection):
     """A backdoor planted by poisoning the training set (each trigger at each rate), retrained with
     `training.recipe`; then the data-side screening and repair, the model-side scans (Neural Cleanse, STRIP)
     and fine-pruning. Needs `training`."""
@@ -167,21 +205,60 @@ class BackdoorProbeSection(_Section):
         description="scan the model under assessment, and each trigger's backdoored model, with Neural Cleanse",
     )
 
+    def plan_needs(self, plan: Plan) -> None:
+        _needs_retraining_on_poison(plan, "backdoor")
 
-class ProbesSection(_Section):
-    evasion: EvasionProbeSection | None = None
-    extraction: ExtractionProbeSection | None = None
-    inversion: InversionProbeSection | None = None
-    membership: MembershipProbeSection | None = None
-    attribute: AttributeProbeSection | None = None
-    poisoning: PoisoningProbeSection | None = None
-    backdoor: BackdoorProbeSection | None = None
+
+def _needs_training_data(plan: Plan) -> None:
+    if plan.training is None:
+        raise ValueError(
+            "probes.membership, probes.attribute and defences.dp_training need `training.data`, the model's "
+            "training set"
+        )
+
+
+def _needs_retraining(plan: Plan, who: str) -> None:
+    """`who` (shadow-model attacks, DP-SGD) trains models like the plan's: a recipe and a torch factory."""
+    if plan.training is None or plan.training.recipe is None:
+        raise ValueError(f"{who} train models like yours: give `training.recipe: package.module:function`")
+    if plan.target.kind != "torch":
+        raise ValueError(
+            "shadow models and DP-SGD retrain the model: they need a torch target with `factory`"
+        )
+
+
+def _needs_retraining_on_poison(plan: Plan, probe: str) -> None:
+    if plan.training is None or plan.training.recipe is None or plan.target.kind != "torch":
+        raise ValueError(
+            f"probes.{probe} retrains the model on poisoned data: it needs a torch target with `factory`, "
+            "`training.data` and `training.recipe`"
+        )
+
+
+class _Probes(_Section):
+    """The plan's `probes`: one optional field per registered probe, added by `create_model` below."""
 
     @model_validator(mode="after")
-    def _at_least_one(self) -> ProbesSection:
-        if all(getattr(self, name) is None for name in type(self).model_fields):
+    def _at_least_one(self) -> _Probes:
+        if not self.enabled():
             raise ValueError("enable at least one probe (e.g. `evasion: {}`)")
         return self
+
+    def enabled(self) -> list[tuple[ProbeSpec, ProbeSection]]:
+        """The probes the plan enables with their sections, in registration order."""
+        sections = ((spec, getattr(self, name)) for name, spec in PROBES.items())
+        return [(spec, section) for spec, section in sections if section is not None]
+
+
+if TYPE_CHECKING:
+    ProbesSection = _Probes
+else:
+    ProbesSection = create_model(
+        "ProbesSection",
+        __base__=_Probes,
+        __module__=__name__,
+        **{name: (spec.section | None, None) for name, spec in PROBES.items()},
+    )
 
 
 class TrainingSection(_Section):
@@ -276,41 +353,20 @@ class Plan(_Section):
         return self
 
     @model_validator(mode="after")
-    def _privacy_needs(self) -> Plan:
-        membership, dp = self.probes.membership, self.defences.dp_training
-        needs_training = any(section is not None for section in (membership, dp, self.probes.attribute))
-        if needs_training and self.training is None:
-            raise ValueError(
-                "probes.membership, probes.attribute and defences.dp_training need `training.data`, the model's "
-                "training set"
-            )
-        attacks: tuple[str, ...] = ()
-        if membership is not None:
-            by_default = ("lira", "rmia") if self.threat_model.knowledge is not Access.LABELS else ()
-            attacks = by_default if membership.attacks is None else membership.attacks
-        shadow_attacks = {"lira", "rmia"} & set(attacks)
-        if (shadow_attacks or dp is not None) and (self.training is None or self.training.recipe is None):
-            needs = ", ".join(sorted(shadow_attacks)) or "defences.dp_training"
-            raise ValueError(
-                f"{needs} train models like yours: give `training.recipe: package.module:function`"
-            )
-        if (shadow_attacks or dp is not None) and self.target.kind != "torch":
-            raise ValueError(
-                "shadow models and DP-SGD retrain the model: they need a torch target with `factory`"
-            )
-        if dp is not None and membership is None:
-            raise ValueError("defences.dp_training is measured by probes.membership: enable it")
+    def _probe_needs(self) -> Plan:
+        for _, section in self.probes.enabled():
+            section.plan_needs(self)
         return self
 
     @model_validator(mode="after")
-    def _poisoning_needs(self) -> Plan:
-        enabled = [name for name in ("poisoning", "backdoor") if getattr(self.probes, name) is not None]
-        if enabled and (self.training is None or self.training.recipe is None or self.target.kind != "torch"):
-            raise ValueError(
-                f"probes.{enabled[0]} retrains the model on poisoned data: it needs a torch target with `factory`, "
-                "`training.data` and `training.recipe`"
-            )
-        if self.defences.gradient_shaping is not None and not enabled:
+    def _defence_needs(self) -> Plan:
+        enabled = {spec.name for spec, _ in self.probes.enabled()}
+        if self.defences.dp_training is not None:
+            _needs_training_data(self)
+            _needs_retraining(self, "defences.dp_training")
+            if "membership" not in enabled:
+                raise ValueError("defences.dp_training is measured by probes.membership: enable it")
+        if self.defences.gradient_shaping is not None and not enabled & {"poisoning", "backdoor"}:
             raise ValueError(
                 "defences.gradient_shaping is measured by probes.poisoning or probes.backdoor: enable one"
             )

@@ -10,7 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from aisec.assessment.finding import Provenance
+from aisec.core.errors import CapabilityError
 from aisec.core.progress import NullProgress, Progress
+from aisec.core.version import __version__
+from aisec.targets.base import Access
 
 if TYPE_CHECKING:
     from aisec.assessment.finding import Finding
@@ -44,6 +48,31 @@ class AssessmentContext:
     progress: Progress = field(default_factory=NullProgress)
     training: Training | None = None
     defences: DefencesSection | None = None
+
+    def provenance(
+        self, samples: int, settings: dict[str, Any], *, data: LabelledData | None = None
+    ) -> Provenance:
+        """How a finding's figures were obtained: this run's seed and model, the probe's settings, and the data
+        they rest on (`data` when it is not the assessment data)."""
+        return Provenance(
+            tool_version=__version__,
+            seed=self.seed,
+            samples=samples,
+            model_sha256=self.model_sha256,
+            data_sha256=(self.data if data is None else data).sha256,
+            settings=settings,
+        )
+
+    def require_scores(self, who_needs: str, *, advice: str = "") -> None:
+        """CapabilityError "<who_needs> class scores, but the attacker has labels[; advice]" unless the threat
+        model's attacker sees class scores (its knowledge, or what the model offers when that is less)."""
+        knowledge, offered = self.threat_model.knowledge, self.target.access
+        access = knowledge if offered.allows(knowledge) else offered
+        if not access.allows(Access.SCORES):
+            raise CapabilityError(
+                f"{who_needs} class scores, but the attacker has {access.value}"
+                + (f"; {advice}" if advice else "")
+            )
 
 
 class Probe(Protocol):

@@ -17,25 +17,8 @@ from aisec.targets.base import Target
 
 
 def build_probes(probes: ProbesSection) -> list[Probe]:
-    """The probes a plan enables, in a fixed order."""
-    from aisec.assessment.probes.attribute import AttributeProbe
-    from aisec.assessment.probes.backdoor import BackdoorProbe
-    from aisec.assessment.probes.evasion import EvasionProbe
-    from aisec.assessment.probes.extraction import ExtractionProbe
-    from aisec.assessment.probes.inversion import InversionProbe
-    from aisec.assessment.probes.membership import MembershipProbe
-    from aisec.assessment.probes.poisoning import PoisoningProbe
-
-    built: list[Probe | None] = [
-        probes.evasion and EvasionProbe(probes.evasion),
-        probes.extraction and ExtractionProbe(probes.extraction),
-        probes.inversion and InversionProbe(probes.inversion),
-        probes.membership and MembershipProbe(probes.membership),
-        probes.attribute and AttributeProbe(probes.attribute),
-        probes.poisoning and PoisoningProbe(probes.poisoning),
-        probes.backdoor and BackdoorProbe(probes.backdoor),
-    ]
-    return [probe for probe in built if probe is not None]
+    """The probes a plan enables, in the order of the registry (aisec.assessment.registry)."""
+    return [spec.build(section) for spec, section in probes.enabled()]
 
 
 def run_assessment(

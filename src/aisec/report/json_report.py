@@ -18,7 +18,7 @@ from typing import Any
 
 from aisec.assessment.finding import Assessment, Finding
 
-SCHEMA_ID = "aisec.assessment/1"
+SCHEMA_ID = "aisec.assessment/2"
 
 # Properties computed from the fields, written beside them: a reader needs no aisec to know the verdict.
 _DERIVED: dict[type, tuple[str, ...]] = {Assessment: ("passed",), Finding: ("breaks_policy",)}

@@ -15,19 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.assessment.finding import Finding, Metric, Provenance, Table
+from aisec.assessment.finding import Finding, Metric, Table
 from aisec.assessment.plan import AttributeProbeSection
 from aisec.assessment.probe import AssessmentContext
 from aisec.assessment.probes.served import api_view, cell, split
+from aisec.assessment.rules import ATTRIBUTE
 from aisec.attacks.inference.attribute import AttributeResult, infer_attribute, nearest_candidate
 from aisec.core.attack_class import AttackClass
-from aisec.core.errors import BadInputError, CapabilityError
+from aisec.core.errors import BadInputError
 from aisec.core.severity import Severity
-from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData
-from aisec.targets.base import Access, Target
+from aisec.targets.base import Target
 
-RULE_ATTRIBUTE = "AISEC-ATT-001"
 NEIGHBOURS = 5  # k of the imputation baseline
 
 
@@ -38,11 +37,7 @@ class AttributeProbe:
     name: str = "attribute"
 
     def check(self, context: AssessmentContext) -> None:
-        view, _ = api_view(context.target, context.threat_model.knowledge)
-        if not view.access.allows(Access.SCORES):
-            raise CapabilityError(
-                f"probes.attribute needs class scores, but the attacker has {view.access.value}"
-            )
+        context.require_scores("probes.attribute needs")
         features = math.prod(context.target.spec.shape)
         if self.config.feature >= features:
             raise BadInputError(f"probes.attribute.feature: {self.config.feature} outside [0, {features})")
@@ -81,13 +76,9 @@ class AttributeProbe:
         )
         if note:
             message += " " + note
-        provenance = Provenance(
-            tool_version=__version__,
-            seed=context.seed,
-            samples=len(members) + len(non_members),
-            model_sha256=context.model_sha256,
-            data_sha256=context.data.sha256,
-            settings={
+        provenance = context.provenance(
+            len(members) + len(non_members),
+            {
                 "feature": self.config.feature,
                 "values": list(self.config.values),
                 "population": len(population),
@@ -97,11 +88,11 @@ class AttributeProbe:
         )
         return [
             Finding(
-                rule_id=RULE_ATTRIBUTE,
+                rule_id=ATTRIBUTE.id,
                 title="Attribute inference: the model reveals a hidden attribute of its training records"
                 if severity is not Severity.LOW
                 else "Attribute inference: the model adds little to what imputation already reveals",
-                attack_class=AttackClass.INFERENCE,
+                attack_class=ATTRIBUTE.attack_class,
                 severity=severity,
                 message=message,
                 recommendation=(
@@ -111,9 +102,11 @@ class AttributeProbe:
                 ),
                 provenance=provenance,
                 metrics=(
-                    Metric("gain over the best baseline (members)", gain),
-                    Metric("gain over the best baseline (non-members)", on_others.advantage),
-                    Metric("queries", on_members.queries + on_others.queries, "queries"),
+                    Metric("gain over the best baseline (members)", gain, id="member_gain"),
+                    Metric(
+                        "gain over the best baseline (non-members)", on_others.advantage, id="non_member_gain"
+                    ),
+                    Metric("queries", on_members.queries + on_others.queries, "queries", id="queries"),
                 ),
                 tables=(
                     Table(

@@ -26,6 +26,7 @@ from aisec.assessment.images import is_image, pixels
 from aisec.assessment.masking import MaskingCheck, run_checks
 from aisec.assessment.plan import EvasionProbeSection, PolicySection
 from aisec.assessment.probe import AssessmentContext
+from aisec.assessment.rules import MASKING, NO_MASKING, ROBUSTNESS
 from aisec.assessment.stats import wilson
 from aisec.attacks.evasion.cascade import CascadeResult, run_cascade
 from aisec.attacks.evasion.minimal import MinimalPerturbation, minimal_perturbation
@@ -33,13 +34,8 @@ from aisec.attacks.evasion.registry import ATTACKS, STRONGEST
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import CapabilityError
 from aisec.core.severity import Severity
-from aisec.core.version import __version__
 from aisec.targets.base import Access, Target
 from aisec.targets.views import RestrictedView
-
-RULE_ROBUSTNESS = "AISEC-EVA-001"
-RULE_MASKING = "AISEC-EVA-002"
-RULE_MASKING_PASSED = "AISEC-EVA-003"
 
 
 @dataclass
@@ -89,13 +85,9 @@ class EvasionProbe:
                 task.advance()
         fired = [c for c in checks if c.fired]
 
-        provenance = Provenance(
-            tool_version=__version__,
-            seed=context.seed,
-            samples=len(x),
-            model_sha256=context.model_sha256,
-            data_sha256=context.data.sha256,
-            settings={
+        provenance = context.provenance(
+            len(x),
+            {
                 "knowledge": target.access.value,
                 "norm": tm.norm,
                 "budgets": list(tm.budgets),
@@ -180,12 +172,18 @@ def _robustness_finding(
     severity = Severity.HIGH if ratio < 0.5 else Severity.MEDIUM if ratio < 0.95 else Severity.LOW
 
     metrics = [
-        Metric("clean accuracy", clean, description="share of samples classified correctly without attack")
+        Metric(
+            "clean accuracy",
+            clean,
+            id="clean_accuracy",
+            description="share of samples classified correctly without attack",
+        )
     ]
     metrics += [
         Metric(
             f"robust accuracy at {tm.norm} eps={eps:g}",
             est,
+            id=f"robust_accuracy@{eps:g}",
             description="share still correct under every attack",
         )
         for eps, est in robust.items()
@@ -200,6 +198,7 @@ def _robustness_finding(
                 _finite_or_none(median_min),
                 tm.norm,
                 "over correctly classified samples; the smallest budget found to fool each (lower is worse)",
+                id="median_minimal_perturbation",
             )
         )
     last = cascade.outcomes[-1]
@@ -212,6 +211,7 @@ def _robustness_finding(
                 float(spent.float().median()),
                 "queries",
                 "over fooled samples: queries the cascade spent on each at the smallest budget that fooled it",
+                id="median_queries_to_success",
             )
         )
 
@@ -271,9 +271,9 @@ def _robustness_finding(
             + ")."
         )
     return Finding(
-        rule_id=RULE_ROBUSTNESS,
+        rule_id=ROBUSTNESS.id,
         title=f"Robust accuracy under {tm.norm} evasion ({target.access.value} attacker)",
-        attack_class=AttackClass.EVASION,
+        attack_class=ROBUSTNESS.attack_class,
         severity=severity,
         message=message,
         recommendation=_recommendation(severity, target.access),
@@ -392,9 +392,9 @@ def _masking_finding(
     )
     if not fired:
         return Finding(
-            rule_id=RULE_MASKING_PASSED,
-            title="No sign of gradient masking",
-            attack_class=AttackClass.EVASION,
+            rule_id=NO_MASKING.id,
+            title=NO_MASKING.title,
+            attack_class=NO_MASKING.attack_class,
             severity=Severity.INFO,
             message=f"All {len(checks)} gradient-masking checks passed; the white-box figures can be relied upon "
             "as far as these symptoms tell.",
@@ -412,9 +412,9 @@ def _masking_finding(
         else ()
     )
     return Finding(
-        rule_id=RULE_MASKING,
-        title="Gradient masking suspected: robustness figures are unreliable",
-        attack_class=AttackClass.EVASION,
+        rule_id=MASKING.id,
+        title=MASKING.title,
+        attack_class=MASKING.attack_class,
         severity=Severity.HIGH,
         message="The model shows symptoms of gradient masking, so gradient-based attacks under-estimate what an "
         "adaptive attacker achieves: " + "; ".join(c.detail for c in fired) + ".",

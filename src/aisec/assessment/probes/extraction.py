@@ -25,6 +25,7 @@ from aisec.assessment.plan import ExtractionProbeSection
 from aisec.assessment.probe import AssessmentContext
 from aisec.assessment.probes.evasion import reference_budget
 from aisec.assessment.probes.served import api_label, api_view, cell, hardened_views, split
+from aisec.assessment.rules import EXTRACTION
 from aisec.attacks.extraction.equation_solving import extract_linear, extract_linear_adaptive
 from aisec.attacks.extraction.equation_solving_labels import extract_linear_from_labels
 from aisec.attacks.extraction.learning import LearningConfig, extract_surrogate
@@ -39,7 +40,6 @@ from aisec.attacks.extraction.result import ExtractionResult
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError
 from aisec.core.severity import Severity
-from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData
 from aisec.defend.robustness.output_hardening import HardenedTarget
 from aisec.defend.robustness.prada import replay
@@ -47,7 +47,6 @@ from aisec.targets.base import Access, Target
 from aisec.targets.sklearn_models import LINEAR_CLASSIFIERS, SklearnTorchTarget
 from aisec.targets.views import QueryLog
 
-RULE_EXTRACTION = "AISEC-EXT-001"
 MIN_HELD_OUT = 20
 
 
@@ -107,13 +106,9 @@ class ExtractionProbe:
                 )
                 task.advance()
 
-        provenance = Provenance(
-            tool_version=__version__,
-            seed=seed,
-            samples=len(context.data),
-            model_sha256=context.model_sha256,
-            data_sha256=context.data.sha256,
-            settings={
+        provenance = context.provenance(
+            len(context.data),
+            {
                 "query_budget": config.query_budget,
                 "strategies": list(config.strategies),
                 "attacker_pool": len(pool),
@@ -196,10 +191,16 @@ def _finding(
         Metric(
             "best agreement with the model",
             best,
+            id="best_agreement",
             description="held-out inputs on which the copy predicts as the model does",
         ),
-        Metric("accuracy of the best copy", strongest.accuracy, description="on held-out labelled data"),
-        Metric("queries spent by the best copy", strongest.result.queries, "queries"),
+        Metric(
+            "accuracy of the best copy",
+            strongest.accuracy,
+            id="best_copy_accuracy",
+            description="on held-out labelled data",
+        ),
+        Metric("queries spent by the best copy", strongest.result.queries, "queries", id="best_copy_queries"),
     ]
     message = (
         f"With {strongest.result.queries} queries, {strongest.result.method.replace('_', ' ')} builds a copy that "
@@ -210,6 +211,7 @@ def _finding(
             Metric(
                 f"transfer rate at L-inf eps={transfer.eps:g}",
                 transfer.rate,
+                id="transfer_rate",
                 description="PGD examples that fool the copy and also fool the model",
             )
         )
@@ -249,9 +251,9 @@ def _finding(
         ),
     )
     return Finding(
-        rule_id=RULE_EXTRACTION,
-        title="Model extraction: a working copy can be stolen through the API",
-        attack_class=AttackClass.EXTRACTION,
+        rule_id=EXTRACTION.id,
+        title=EXTRACTION.title,
+        attack_class=EXTRACTION.attack_class,
         severity=severity,
         message=message,
         recommendation=(

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.assessment.finding import Finding, Gallery, Metric, Picture, Provenance, Table
+from aisec.assessment.finding import Finding, Gallery, Metric, Picture, Table
 from aisec.assessment.images import is_image, pixels
 from aisec.assessment.plan import InversionProbeSection
 from aisec.assessment.probe import AssessmentContext
 from aisec.assessment.probes.evasion import attacker_view
 from aisec.assessment.probes.served import api_label, cell, hardened_views
+from aisec.assessment.rules import INVERSION
 from aisec.attacks.inversion.class_representative import (
     InversionConfig,
     InversionResult,
@@ -29,28 +30,23 @@ from aisec.attacks.inversion.class_representative import (
     invert_classes,
 )
 from aisec.core.attack_class import AttackClass
-from aisec.core.errors import BadInputError, CapabilityError
+from aisec.core.errors import BadInputError
 from aisec.core.severity import Severity
-from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData
 from aisec.targets.base import Access, Target
 
-RULE_INVERSION = "AISEC-INV-001"
 STEP_SIZE = 0.01  # of the input range per signed-gradient step
 
 
 @dataclass
 class InversionProbe:
     config: InversionProbeSection
-    attack_class: AttackClass = AttackClass.EXTRACTION  # "model reverse engineering & inversion" (AIVD)
+    attack_class: AttackClass = INVERSION.attack_class
     name: str = "inversion"
 
     def check(self, context: AssessmentContext) -> None:
+        context.require_scores("probes.inversion needs", advice="remove the probe")
         view, _ = attacker_view(context.target, context.threat_model.knowledge)
-        if not view.access.allows(Access.SCORES):
-            raise CapabilityError(
-                f"probes.inversion needs class scores, but the attacker has {view.access.value}; remove the probe"
-            )
         classes = self._classes(context)
         if view.access is not Access.WHITE_BOX or hardened_views(view, context.defences):
             step = 2 * InversionConfig().samples * len(classes)
@@ -96,13 +92,9 @@ class InversionProbe:
                 else identification(result.images.cpu(), result.classes, reference.x, reference.y)[0]
             )
             rows.append((api_label(api), api.access.value, result, share))
-        provenance = Provenance(
-            tool_version=__version__,
-            seed=context.seed,
-            samples=len(reference),
-            model_sha256=context.model_sha256,
-            data_sha256=reference.sha256,
-            settings={
+        provenance = context.provenance(
+            len(reference),
+            {
                 "attacker_access": view.access.value,
                 "classes": classes,
                 "steps": self.config.steps,
@@ -112,6 +104,7 @@ class InversionProbe:
                 "start": "blank input (the lower bound)",
                 "real examples": reference.name,
             },
+            data=reference,
         )
         severity = Severity.MEDIUM if hits >= 0.5 else Severity.LOW
         message = (
@@ -123,9 +116,9 @@ class InversionProbe:
             message += " " + note
         return [
             Finding(
-                rule_id=RULE_INVERSION,
-                title="Model inversion: class representatives can be rebuilt from the outputs",
-                attack_class=AttackClass.EXTRACTION,
+                rule_id=INVERSION.id,
+                title=INVERSION.title,
+                attack_class=INVERSION.attack_class,
                 severity=severity,
                 message=message,
                 recommendation=(
@@ -138,10 +131,15 @@ class InversionProbe:
                     Metric(
                         "classes identified",
                         hits,
+                        id="classes_identified",
                         description="reconstructions nearest to their class's mean",
                     ),
-                    Metric("median confidence of the reconstructions", float(main.confidence.median())),
-                    Metric("queries", main.queries, "queries"),
+                    Metric(
+                        "median confidence of the reconstructions",
+                        float(main.confidence.median()),
+                        id="median_confidence",
+                    ),
+                    Metric("queries", main.queries, "queries", id="queries"),
                 ),
                 tables=(_table(rows),),
                 galleries=_galleries(context.target, main, reference, distances),

@@ -23,6 +23,7 @@ from aisec.assessment.finding import Chart, Finding, Metric, PolicyCheck, Proven
 from aisec.assessment.plan import DPTrainingSection, MembershipProbeSection
 from aisec.assessment.probe import AssessmentContext, Training
 from aisec.assessment.probes.served import api_label, api_view, cell, hardened_views, split
+from aisec.assessment.rules import MEMBERSHIP, MEMBERSHIP_DEFENCES
 from aisec.assessment.stats import wilson
 from aisec.attacks.inference.label_only import gap_attack, noise_robustness_attack
 from aisec.attacks.inference.membership import (
@@ -37,17 +38,14 @@ from aisec.attacks.inference.membership import (
 )
 from aisec.attacks.inference.roc import Roc
 from aisec.core.attack_class import AttackClass
-from aisec.core.errors import BadInputError, CapabilityError
+from aisec.core.errors import BadInputError
 from aisec.core.executor import InProcessExecutor, LocalProcessExecutor
 from aisec.core.seeding import build_model
 from aisec.core.severity import Severity
-from aisec.core.version import __version__
 from aisec.defend.robustness.dp_training import fit_with_dp, train_dp
 from aisec.targets.base import Access, Target
 from aisec.targets.torch_target import TorchTarget
 
-RULE_MEMBERSHIP = "AISEC-MIA-001"
-RULE_DEFENCES = "AISEC-MIA-002"
 MIN_POPULATION = 50  # population records the attacker keeps beside the non-members under attack
 SHADOW_ATTACKS = ("lira", "rmia")
 LABEL_ONLY_ATTACKS = ("gap", "noise")
@@ -76,11 +74,10 @@ class MembershipProbe:
             raise BadInputError(
                 "LiRA and RMIA train shadow models: give the target's factory and `training.recipe`"
             )
-        if not view.access.allows(Access.SCORES) and wanted - set(LABEL_ONLY_ATTACKS):
-            raise CapabilityError(
-                f"probes.membership.attacks: {', '.join(sorted(wanted - set(LABEL_ONLY_ATTACKS)))} need class "
-                f"scores, but the attacker has {view.access.value}; use the label-only attacks "
-                f"({', '.join(LABEL_ONLY_ATTACKS)})"
+        if wanted - set(LABEL_ONLY_ATTACKS):
+            context.require_scores(
+                f"probes.membership.attacks: {', '.join(sorted(wanted - set(LABEL_ONLY_ATTACKS)))} need",
+                advice=f"use the label-only attacks ({', '.join(LABEL_ONLY_ATTACKS)})",
             )
         records = self.config.records
         if len(training.data) < records:
@@ -143,13 +140,9 @@ class MembershipProbe:
             results = _run_attacks(attacks, dp_target, x, y, truth, dp_shadows)
             rows += [_Row(dp_summary.label, r) for r in results]
 
-        provenance = Provenance(
-            tool_version=__version__,
-            seed=seed,
-            samples=len(x),
-            model_sha256=context.model_sha256,
-            data_sha256=context.data.sha256,
-            settings={
+        provenance = context.provenance(
+            len(x),
+            {
                 "records": f"{config.records} members (training set) + {config.records} non-members (data)",
                 "population": len(population),
                 "attacks": list(attacks),
@@ -270,11 +263,17 @@ def _membership_finding(
     severity = Severity.HIGH if lift >= 10 else Severity.MEDIUM if lift >= 3 else Severity.LOW
     auc = max(r.auc or 0.0 for r in served)
     metrics = [
-        Metric("highest ROC AUC (any attack)", auc, description="0.5 is chance"),
-        Metric(f"TPR at {LOW_FPRS[0]:.1%} FPR ({best.attack})", tpr, description=f"chance is {floor:.2%}"),
+        Metric("highest ROC AUC (any attack)", auc, id="highest_auc", description="0.5 is chance"),
+        Metric(
+            f"TPR at {LOW_FPRS[0]:.1%} FPR ({best.attack})",
+            tpr,
+            id=f"tpr_at_fpr@{LOW_FPRS[0]:g}",
+            description=f"chance is {floor:.2%}",
+        ),
         Metric(
             f"TPR at {LOW_FPRS[1]:.0%} FPR ({best.attack})",
             best.tpr_at[LOW_FPRS[1]],
+            id=f"tpr_at_fpr@{LOW_FPRS[1]:g}",
             description="chance is 1%",
         ),
     ]
@@ -305,11 +304,11 @@ def _membership_finding(
         if row.result.roc is not None and (row.api == rows[0].api or (dp is not None and row.api == dp.label))
     }
     return Finding(
-        rule_id=RULE_MEMBERSHIP,
+        rule_id=MEMBERSHIP.id,
         title="Membership inference: training records can be told apart"
         if severity is not Severity.LOW
         else "Membership inference: little leakage at low false-positive rates",
-        attack_class=AttackClass.INFERENCE,
+        attack_class=MEMBERSHIP.attack_class,
         severity=severity,
         message=message,
         recommendation=_recommendation(severity),
@@ -368,17 +367,20 @@ def _defences_finding(
             f"for test accuracy {dp.accuracy:.1%} instead of {dp.baseline_accuracy:.1%}."
         )
         metrics = [
-            Metric("DP-SGD epsilon spent", dp.epsilon, description=f"at delta {dp.delta:.2g}"),
+            Metric(
+                "DP-SGD epsilon spent", dp.epsilon, id="dp_epsilon", description=f"at delta {dp.delta:.2g}"
+            ),
             Metric(
                 "accuracy paid for DP-SGD",
                 dp.baseline_accuracy - dp.accuracy,
+                id="dp_accuracy_cost",
                 description="test accuracy lost",
             ),
         ]
     return Finding(
-        rule_id=RULE_DEFENCES,
-        title="Membership inference against the defended model",
-        attack_class=AttackClass.INFERENCE,
+        rule_id=MEMBERSHIP_DEFENCES.id,
+        title=MEMBERSHIP_DEFENCES.title,
+        attack_class=MEMBERSHIP_DEFENCES.attack_class,
         severity=Severity.INFO,
         message=message,
         recommendation=(

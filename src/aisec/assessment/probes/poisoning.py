@@ -22,13 +22,13 @@ from aisec.assessment.plan import PoisoningProbeSection
 from aisec.assessment.probe import AssessmentContext, Training
 from aisec.assessment.probes.retraining import required_training, retrain
 from aisec.assessment.probes.served import cell
+from aisec.assessment.rules import LABEL_AUDIT, LABEL_FLIP_DEFENCES, LABEL_FLIPS
 from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label_flip
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, poison_count
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError, DataError
 from aisec.core.seeding import build_model
 from aisec.core.severity import Severity
-from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.confident_learning import (
     confident_learning,
@@ -40,9 +40,6 @@ from aisec.defend.data_quality.label_consistency import label_consistency
 from aisec.defend.data_quality.screening import union
 from aisec.defend.data_quality.suspects import SuspectRanking
 
-RULE_FLIPS = "AISEC-POI-001"
-RULE_DEFENCES = "AISEC-POI-002"
-RULE_AUDIT = "AISEC-POI-003"
 AUDIT_PICTURES = 8
 
 
@@ -129,13 +126,9 @@ class PoisoningProbe:
                 accuracy = measure(retrain(training, poisoned.data, seed))
                 runs.append(self._defend(context, training, attack, poisoned, accuracy, measure, num_classes))
                 task.advance()
-        provenance = Provenance(
-            tool_version=__version__,
-            seed=seed,
-            samples=len(data),
-            model_sha256=context.model_sha256,
-            data_sha256=data.sha256,
-            settings={
+        provenance = context.provenance(
+            len(data),
+            {
                 "attacks": list(config.attacks),
                 "rates": list(config.rates),
                 "targeted_flip": f"class {source} relabelled {target}",
@@ -260,20 +253,24 @@ def _flips_finding(
         for attack in dict.fromkeys(run.attack for run in runs)
     ]
     return Finding(
-        rule_id=RULE_FLIPS,
-        title="Poisoning: flipped training labels",
-        attack_class=AttackClass.POISONING,
+        rule_id=LABEL_FLIPS.id,
+        title=LABEL_FLIPS.title,
+        attack_class=LABEL_FLIPS.attack_class,
         severity=severity,
         message=message,
         recommendation=(
-            "Audit labels before training (confident learning, nearest neighbours: AISEC-POI-002 shows what they "
-            "catch), keep provenance and content hashes of labelled data, and compare each new training set's "
+            f"Audit labels before training (confident learning, nearest neighbours: {LABEL_FLIP_DEFENCES.id} shows "
+            "what they catch), keep provenance and content hashes of labelled data, and compare each new training set's "
             "label distribution with the last."
         ),
         provenance=provenance,
         metrics=(
-            Metric(f"accuracy lost at {lowest:.0%} flipped ({worst.attack})", damage),
-            Metric("clean model accuracy", baseline.overall),
+            Metric(
+                f"accuracy lost at {lowest:.0%} flipped ({worst.attack})",
+                damage,
+                id="accuracy_lost_at_lowest_rate",
+            ),
+            Metric("clean model accuracy", baseline.overall, id="clean_accuracy"),
         ),
         tables=(
             Table(
@@ -301,9 +298,9 @@ def _defences_finding(runs: list[_Run], provenance: Provenance) -> Finding:
     union_rows = [next(d for d in run.detection if d[0] == "either (union)") for run in runs]
     worst_recall = min(d[3] for d in union_rows)
     return Finding(
-        rule_id=RULE_DEFENCES,
-        title="Poisoning defences: label audit and repair",
-        attack_class=AttackClass.POISONING,
+        rule_id=LABEL_FLIP_DEFENCES.id,
+        title=LABEL_FLIP_DEFENCES.title,
+        attack_class=LABEL_FLIP_DEFENCES.attack_class,
         severity=Severity.INFO if worst_recall >= 0.8 else Severity.MEDIUM,
         message=(
             f"The label audit recovers at least {worst_recall:.1%} of the flipped labels at every attack and rate; "
@@ -316,7 +313,7 @@ def _defences_finding(runs: list[_Run], provenance: Provenance) -> Finding:
             "consistent to any label audit and needs provenance checks instead."
         ),
         provenance=provenance,
-        metrics=(Metric("lowest recall of the label audit", worst_recall),),
+        metrics=(Metric("lowest recall of the label audit", worst_recall, id="lowest_audit_recall"),),
         tables=(
             Table(
                 "Flipped labels found",
@@ -332,9 +329,9 @@ def _defences_finding(runs: list[_Run], provenance: Provenance) -> Finding:
                     "poison rate",
                     "repair",
                     "accuracy before",
-                    "after",
+                    "accuracy after",
                     "class accuracy before",
-                    "after",
+                    "class accuracy after",
                     "cost",
                 ),
                 tuple(
@@ -385,14 +382,14 @@ def _audit_finding(
         )
         galleries = (Gallery("Training samples both detectors flag, most suspect first", pictures),)
     return Finding(
-        rule_id=RULE_AUDIT,
-        title="Label audit of the training set",
-        attack_class=AttackClass.POISONING,
+        rule_id=LABEL_AUDIT.id,
+        title=LABEL_AUDIT.title,
+        attack_class=LABEL_AUDIT.attack_class,
         severity=severity,
         message=message,
         recommendation="Review the flagged samples; relabel or drop the wrong ones and keep the audit in the pipeline.",
         provenance=provenance,
-        metrics=(Metric("share of training labels flagged by both detectors", share),),
+        metrics=(Metric("share of training labels flagged by both detectors", share, id="flagged_by_both"),),
         tables=(
             Table(
                 "Most suspect training labels (flagged by both)",

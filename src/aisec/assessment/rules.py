@@ -1,0 +1,61 @@
+"""The assessment's rules: one id per kind of finding a probe emits, with what it is about and its attack class.
+
+Ids are stable (they appear in JSON, SARIF and JUnit reports and in users' CI suppressions); a new kind of
+finding gets a new id in its probe's range. Probes take their ids from here and spell none themselves
+(tests/test_probe_framework.py checks it). A finding's title may say more than the rule's, e.g. which attacker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aisec.core.attack_class import AttackClass
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    attack_class: AttackClass
+
+
+_EVA, _EXT, _INF = AttackClass.EVASION, AttackClass.EXTRACTION, AttackClass.INFERENCE
+_POI, _BKD = AttackClass.POISONING, AttackClass.BACKDOOR
+
+ROBUSTNESS = Rule("AISEC-EVA-001", "Robust accuracy under evasion", _EVA)
+MASKING = Rule("AISEC-EVA-002", "Gradient masking suspected: robustness figures are unreliable", _EVA)
+NO_MASKING = Rule("AISEC-EVA-003", "No sign of gradient masking", _EVA)
+EXTRACTION = Rule("AISEC-EXT-001", "Model extraction: a working copy can be stolen through the API", _EXT)
+# "Model reverse engineering & inversion" is one class in the AIVD's taxonomy.
+INVERSION = Rule(
+    "AISEC-INV-001", "Model inversion: class representatives can be rebuilt from the outputs", _EXT
+)
+MEMBERSHIP = Rule("AISEC-MIA-001", "Membership inference", _INF)
+MEMBERSHIP_DEFENCES = Rule("AISEC-MIA-002", "Membership inference against the defended model", _INF)
+ATTRIBUTE = Rule("AISEC-ATT-001", "Attribute inference", _INF)
+LABEL_FLIPS = Rule("AISEC-POI-001", "Poisoning: flipped training labels", _POI)
+LABEL_FLIP_DEFENCES = Rule("AISEC-POI-002", "Poisoning defences: label audit and repair", _POI)
+LABEL_AUDIT = Rule("AISEC-POI-003", "Label audit of the training set", _POI)
+BACKDOOR = Rule("AISEC-BKD-001", "Backdoor: a small share of poisoned training data plants a trigger", _BKD)
+BACKDOOR_DEFENCES = Rule("AISEC-BKD-002", "Backdoor defences: screening, repair and run-time detection", _BKD)
+BACKDOOR_SCAN = Rule("AISEC-BKD-003", "Backdoor scan of the model (Neural Cleanse)", _BKD)
+
+RULES: dict[str, Rule] = {
+    rule.id: rule
+    for rule in (
+        ROBUSTNESS,
+        MASKING,
+        NO_MASKING,
+        EXTRACTION,
+        INVERSION,
+        MEMBERSHIP,
+        MEMBERSHIP_DEFENCES,
+        ATTRIBUTE,
+        LABEL_FLIPS,
+        LABEL_FLIP_DEFENCES,
+        LABEL_AUDIT,
+        BACKDOOR,
+        BACKDOOR_DEFENCES,
+        BACKDOOR_SCAN,
+    )
+}
