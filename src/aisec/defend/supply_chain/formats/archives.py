@@ -158,7 +158,8 @@ def _inflate(raw: memoryview, entry: zipfile.ZipInfo, ctx: ScanContext) -> tuple
             raise ValueError("truncated LZMA header")
         (props_size,) = struct.unpack_from("<H", raw, 2)
         props = bytes(raw[4 : 4 + props_size])
-        filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]  # noqa: SLF001 (zipfile does the same)
+        # private, as zipfile uses it; typeshed does not declare it
+        filters = [lzma._decode_filter_properties(lzma.FILTER_LZMA1, props)]  # type: ignore[attr-defined]  # noqa: SLF001
         raw_lzma = raw[4 + props_size :]
         return decompress(raw_lzma, ctx, lambda: lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters))
     raise ValueError(f"compression method {entry.compress_type} is not supported")
@@ -184,7 +185,8 @@ def decompress(
     limits = ctx.limits
     out = bytearray()
     pending = raw
-    tail = b""  # zlib's unconsumed_tail: input it could not use because of max_length
+    tail: bytes = b""  # zlib's unconsumed_tail: input it could not use because of max_length
+    chunk: bytes | memoryview
     while not decompressor.eof:
         if tail:
             chunk, tail = tail, b""
@@ -213,6 +215,8 @@ def scan_compressed(data: memoryview, ctx: ScanContext) -> str:
     """A gzip, bzip2, xz, raw-lzma ("lzma-alone") or zlib stream (joblib's compressors): decompress under
     the budget, then scan the content. Bytes after the end of the stream are a finding."""
     kind = sniff_compression(data)
+    if kind is None:  # dispatch sends only what sniff_compression recognised
+        raise Unparseable("not a gzip, bzip2, xz, lzma or zlib stream")
     makers: dict[str, Callable[[], Any]] = {
         "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
         "zlib": zlib.decompressobj,

@@ -64,6 +64,7 @@ def _dtype(descr: object, offset: int) -> Any:
     import numpy as np
 
     try:
-        return np.lib.format.descr_to_dtype(descr)
+        # numpy's stubs declare only the list form; its reader takes any descr literal ("<f8" too)
+        return np.lib.format.descr_to_dtype(descr)  # type: ignore[arg-type]
     except (TypeError, ValueError, KeyError, IndexError, SyntaxError) as error:
         raise Unparseable(f"npy descr {descr!r} is not a dtype numpy reads: {error}", offset) from None

@@ -207,15 +207,17 @@ def _constant_text(value: Any, data: memoryview) -> str | None:
         return str(blob_bytes(data, value), "latin-1")
     if isinstance(value, Call) and isinstance(value.func, Global) and isinstance(value.args, tuple):
         if value.func.path in ("_codecs.encode", "codecs.encode", "_codecs.decode", "codecs.decode"):
-            args = [_constant_text(a, data) for a in value.args]
-            if len(args) >= 1 and all(a is not None for a in args):
+            texts = [_constant_text(a, data) for a in value.args]
+            args = [a for a in texts if a is not None]
+            if len(args) >= 1 and len(args) == len(texts):
                 codec = (args[1] if len(args) > 1 else "utf-8").lower()
                 if codec in _TEXT_CODECS:
                     try:
                         result = (
                             codecs.encode(args[0], codec)
                             if "encode" in value.func.name
-                            else codecs.decode(args[0], codec)
+                            # the stubs admit a str only with a literal codec name (rot13, unicode_escape)
+                            else codecs.decode(args[0], codec)  # type: ignore[call-overload]
                         )
                     except (UnicodeError, TypeError, ValueError):
                         return None

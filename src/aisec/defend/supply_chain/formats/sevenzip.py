@@ -30,6 +30,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aisec.defend.supply_chain.context import LimitExceeded, ScanContext, Unparseable
@@ -449,7 +450,7 @@ def _decode_folder(data: memoryview, streams: _Streams, index: int, ctx: ScanCon
             bound = max(ctx.limits.max_small_unpacked, ctx.limits.max_ratio * max(len(current), 1))
             chain_filters = [_lzma_filter(coder, size, bound)]
             current = _run(
-                current, ctx, lambda f=chain_filters: lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=f), size
+                current, ctx, partial(lzma.LZMADecompressor, lzma.FORMAT_RAW, filters=chain_filters), size
             )
         elif method == _DEFLATE:
             current = _run(current, ctx, lambda: zlib.decompressobj(-15), size)
@@ -461,7 +462,7 @@ def _decode_folder(data: memoryview, streams: _Streams, index: int, ctx: ScanCon
             chain_filters = [_filter(coder), {"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]
             stored = _lzma2_stored(current)
             current = _run(
-                stored, ctx, lambda f=chain_filters: lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=f), size
+                stored, ctx, partial(lzma.LZMADecompressor, lzma.FORMAT_RAW, filters=chain_filters), size
             )
         else:
             raise _Unsupported(_method_name(method))

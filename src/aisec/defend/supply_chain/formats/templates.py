@@ -24,6 +24,7 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import jinja2
 from jinja2 import nodes
@@ -164,7 +165,7 @@ class _Checker:
 
     def _bindings(self, node: nodes.Node) -> Iterator[tuple[str, _Thunk]]:
         if isinstance(node, nodes.Assign):
-            yield from self._bind(node.target, lambda d, n=node.node: self.fold(n, d))
+            yield from self._bind(node.target, partial(self.fold, node.node))
             call = node.node
             if (
                 isinstance(call, nodes.Call)
@@ -173,19 +174,19 @@ class _Checker:
             ):
                 if isinstance(node.target, nodes.Name):
                     for kw in call.kwargs:
-                        yield f"{node.target.name}.{kw.key}", lambda d, v=kw.value: self.fold(v, d)
+                        yield f"{node.target.name}.{kw.key}", partial(self.fold, kw.value)
         elif isinstance(node, nodes.AssignBlock):
-            yield from self._bind(node.target, lambda d, body=node.body: self._fold_body(body, d))
+            yield from self._bind(node.target, partial(self._fold_body, node.body))
         elif isinstance(node, nodes.For):
-            yield from self._bind(node.target, lambda d, it=node.iter: _items(self.fold(it, d)))
+            yield from self._bind(node.target, partial(self._fold_items, node.iter))
         elif isinstance(node, nodes.With):
             for target, value in zip(node.targets, node.values, strict=True):
-                yield from self._bind(target, lambda d, v=value: self.fold(v, d))
+                yield from self._bind(target, partial(self.fold, value))
         elif isinstance(node, nodes.Macro):
             for arg, default in zip(
                 node.args[len(node.args) - len(node.defaults) :], node.defaults, strict=True
             ):
-                yield arg.name, lambda d, v=default: self.fold(v, d)
+                yield arg.name, partial(self.fold, default)
         elif (
             isinstance(node, nodes.Call)
             and isinstance(node.node, nodes.Name)
@@ -193,11 +194,11 @@ class _Checker:
         ):
             params = self.macros[node.node.name].args
             for arg, value in zip(params, node.args, strict=False):
-                yield arg.name, lambda d, v=value: self.fold(v, d)
+                yield arg.name, partial(self.fold, value)
             names = {arg.name for arg in params}
             for kw in node.kwargs:
                 if kw.key in names:
-                    yield kw.key, lambda d, v=kw.value: self.fold(v, d)
+                    yield kw.key, partial(self.fold, kw.value)
 
     def _bind(self, target: nodes.Node, thunk: _Thunk) -> Iterator[tuple[str, _Thunk]]:
         if isinstance(target, nodes.NSRef):
@@ -206,7 +207,7 @@ class _Checker:
             yield target.name, thunk
         elif isinstance(target, nodes.Tuple):
             for i, item in enumerate(target.items):
-                yield from self._bind(item, lambda d, i=i: _project(thunk(d), i))
+                yield from self._bind(item, partial(_project_thunk, thunk, i))
 
     def _resolve(self, name: str, depth: int) -> _Val:
         """The union of every value bound to `name`, or unknown for a context variable."""
@@ -228,6 +229,10 @@ class _Checker:
                 return _Val((), False, True)
             parts.extend(nodes.Const(n.data) if isinstance(n, nodes.TemplateData) else n for n in stmt.nodes)
         return self.fold(nodes.Concat(parts), depth)
+
+    def _fold_items(self, node: nodes.Node, depth: int) -> _Val:
+        """The values a `for` loop over `node` gives its target."""
+        return _items(self.fold(node, depth))
 
     # Folding: the values an expression may take. --------------------------------------------------------
 
@@ -364,6 +369,10 @@ def _project(val: _Val, i: int) -> _Val:
     """Item `i` of a tuple value (`{% for k, v in ... %}`, `{% set a, b = ... %}`)."""
     items = tuple(v[i] for v in val.values if isinstance(v, tuple) and len(v) > i)
     return _Val(items, val.complete and len(items) == len(val.values), val.built)
+
+
+def _project_thunk(thunk: _Thunk, i: int, depth: int) -> _Val:
+    return _project(thunk(depth), i)
 
 
 def _format_fields(template: str) -> list[tuple[str, str, str]]:
