@@ -347,6 +347,23 @@ def test_bom_flags_unscanned_and_changed_files(model_dir: Path) -> None:
     assert _props(model)["aisec:scan:files-not-scanned"] == ["3"]
 
 
+def test_bom_with_a_scan_made_without_hashing(model_dir: Path, tmp_path: Path) -> None:
+    # A scan without its sha256 (scan_paths(hash_content=False), `aisec scan --no-hash`) crashed build_bom
+    # with an AttributeError on None.lower(); it cannot vouch for a file's content, so it is bad input when
+    # it is the scan of a model file, and never matches by content otherwise.
+    from aisec.defend.supply_chain.scanner import scan_paths
+
+    unhashed = scan_paths([model_dir / "config.json"], hash_content=False).files
+    assert unhashed[0].sha256 is None
+    with pytest.raises(BadInputError, match="no sha256"):
+        build_bom(model_dir, scan=unhashed)
+    elsewhere = tmp_path / "copy.json"
+    elsewhere.write_bytes((model_dir / "config.json").read_bytes())
+    bom = build_bom(model_dir, scan=scan_paths([elsewhere], hash_content=False).files)
+    files = {c["name"]: c for c in bom["components"]}
+    assert _props(files["config.json"])["aisec:scan:status"] == ["not-scanned"]
+
+
 def test_bom_of_a_single_file_without_scan(tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"onnx bytes")

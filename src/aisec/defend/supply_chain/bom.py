@@ -211,17 +211,23 @@ def _checked_datasets(datasets: Iterable[DatasetRef]) -> list[DatasetRef]:
 def _match_scan(
     model: Path, path: str, sha256: str, scans: list[FileScan] | None
 ) -> tuple[str, FileScan | None]:
-    """The scan of a model file: by its path (then it must have the same content), else by its content."""
+    """The scan of a model file: by its path (then it must have the same content), else by its content. A scan
+    of the file made without its hash (`hash_content=False`) cannot vouch for its content: BadInputError."""
     if scans is None:
         return "not-scanned", None
     target = _file_path(model, path).resolve()
     for scan in scans:
         if _resolved(scan.path) == target:
+            if scan.sha256 is None:
+                raise BadInputError(
+                    f"the scan of {scan.path} has no sha256 (scanned without hashing), so the BOM cannot tell "
+                    "whether it scanned the file's present content; scan it again with hashing"
+                )
             if scan.sha256.lower() == sha256.lower():
                 return "scanned", scan
             return "changed-since-scan", None
     for scan in scans:
-        if scan.sha256.lower() == sha256.lower():
+        if scan.sha256 is not None and scan.sha256.lower() == sha256.lower():
             return "scanned", scan
     return "not-scanned", None
 
