@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import numpy as np
@@ -26,9 +26,12 @@ from aisec.assessment.finding import Assessment, Chart, Estimate, Example, Findi
 from aisec.core.severity import Severity
 from aisec.report.json_report import SCHEMA_ID, jsonable
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
+
 # Colour-blind-safe palette (Okabe and Ito) for chart series.
 _PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
-_CHART_STYLE = {
+_CHART_STYLE: dict[RcKeyType, Any] = {
     "font.size": 9,
     "axes.spines.top": False,
     "axes.spines.right": False,
@@ -178,8 +181,9 @@ def _format_duration(seconds: float) -> str:
 
 def _chart_uri(chart: Chart) -> str:
     """The chart as an SVG data: URI: a line per series, with a band where it has lower and upper bounds."""
-    from matplotlib import cycler, rc_context
+    from matplotlib import rc_context
     from matplotlib.figure import Figure
+    from matplotlib.rcsetup import cycler  # the one matplotlib exports as matplotlib.cycler
 
     with rc_context({**_CHART_STYLE, "axes.prop_cycle": cycler(color=_PALETTE)}):
         figure = Figure(figsize=(6.4, 3.4))

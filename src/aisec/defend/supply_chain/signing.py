@@ -216,15 +216,15 @@ def verify_model(
         try:
             with contextlib.redirect_stdout(printed):  # model_signing prints warnings on stdout
                 config.verify(model, staged)
-            error: Exception | None = None
+            rejection: Exception | None = None
         except BadInputError:
             raise
         except Exception as caught:  # every rejection by model_signing is reported, not raised
-            error = caught
+            rejection = caught
     note = " ".join(printed.getvalue().split())
     state = recorder.state
     if state.expected is None:
-        if error is None:  # accepted without hashing through the recorder (not model_signing 1.1's order)
+        if rejection is None:  # accepted without hashing through the recorder (not model_signing 1.1's order)
             digest = _statement_of(bundle)["subject"][0]["digest"]["sha256"]
             return Verification(
                 ok=True,
@@ -233,7 +233,7 @@ def verify_model(
                 message=_join(f"{model} matches its signature", note),
             )
         # model_signing rejected the signature before it looked at the files.
-        reason = _rejection(error, bundle, fingerprint, signature)
+        reason = _rejection(rejection, bundle, fingerprint, signature)
         return Verification(ok=False, signature_valid=False, message=_join(reason, note))
     digest = state.expected_digest
     if state.hash_error is not None:
@@ -243,7 +243,7 @@ def verify_model(
             model_digest=digest,
             message=_join(f"the signature is valid but {model} cannot be hashed: {state.hash_error}", note),
         )
-    if error is None:
+    if rejection is None:
         return Verification(
             ok=True,
             signature_valid=True,
@@ -256,7 +256,7 @@ def verify_model(
             ok=False,
             signature_valid=True,
             model_digest=digest,
-            message=_join(f"verification failed: {error}", note),
+            message=_join(f"verification failed: {rejection}", note),
         )
     parts = [
         f"{len(files)} {what}: {_some(files)}"
@@ -445,7 +445,8 @@ def _recording_hashing_config(
     hashing is set up from the signed serialization parameters (as model_signing itself would guess them),
     and both manifests are recorded for the file-by-file comparison."""
 
-    class _Recorder(ms.hashing.Config):  # type: ignore[misc, name-defined]
+    # the base is model_signing's, imported at run time (the sign extra): no static type to name
+    class _Recorder(ms.hashing.Config):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.state = _HashState()
