@@ -59,7 +59,7 @@ def minimal_perturbation(
     access = Access.WHITE_BOX if isinstance(target, WhiteBoxTarget) else Access.LABELS
     b = prepare(target, x, y, None, access, "minimal perturbation")
     max_budget = full_range_budget(target, norm)
-    if access is not Access.WHITE_BOX:
+    if not isinstance(target, WhiteBoxTarget):  # access is LABELS
         from aisec.attacks.evasion.hopskipjump import HSJConfig, hopskipjump
 
         r = hopskipjump(target, b.x, b.y, HSJConfig(norm=norm, max_queries=query_budget), generator=generator)

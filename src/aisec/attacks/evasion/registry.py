@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from aisec.targets.base import Access
 
@@ -33,13 +33,13 @@ class AttackSpec:
     run: Runner
 
 
-def _fgsm(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _fgsm(target, x, y, eps, norm, query_budget, generator):
     from aisec.attacks.evasion.fgsm import FGSMConfig, fgsm
 
     return fgsm(target, x, y, FGSMConfig(eps=eps, norm=norm), generator=generator)
 
 
-def _pgd(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _pgd(target, x, y, eps, norm, query_budget, generator):
     from aisec.attacks.evasion.pgd import PGDConfig, pgd
 
     # First run from the clean input (as ART and Madry et al.'s evaluation do), then one from a random start.
@@ -47,8 +47,8 @@ def _pgd(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-u
     return pgd(target, x, y, config, generator=generator)
 
 
-def _apgd(loss: str) -> Runner:
-    def run(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _apgd(loss: Literal["ce", "dlr"]) -> Runner:
+    def run(target, x, y, eps, norm, query_budget, generator):
         from aisec.attacks.evasion.apgd import APGDConfig, apgd
 
         return apgd(target, x, y, APGDConfig(eps=eps, norm=norm, loss=loss), generator=generator)
@@ -56,31 +56,31 @@ def _apgd(loss: str) -> Runner:
     return run
 
 
-def _apgd_t(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _apgd_t(target, x, y, eps, norm, query_budget, generator):
     from aisec.attacks.evasion.apgd import APGDConfig, apgd_targeted
 
     return apgd_targeted(target, x, y, APGDConfig(eps=eps, norm=norm, loss="dlr"), generator=generator)
 
 
-def _fab(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _fab(target, x, y, eps, norm, query_budget, generator):
     from aisec.attacks.evasion.fab import FABConfig, fab
 
     return fab(target, x, y, FABConfig(eps=eps, norm=norm), generator=generator)
 
 
-def _fab_t(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _fab_t(target, x, y, eps, norm, query_budget, generator):
     from aisec.attacks.evasion.fab import FABConfig, fab_targeted
 
     return fab_targeted(target, x, y, FABConfig(eps=eps, norm=norm), generator=generator)
 
 
-def _square(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _square(target, x, y, eps, norm, query_budget, generator):
     from aisec.attacks.evasion.square import SquareConfig, square
 
     return square(target, x, y, SquareConfig(eps=eps, norm=norm, queries=query_budget), generator=generator)
 
 
-def _hopskipjump(target, x, y, eps, norm, query_budget, generator):  # type: ignore[no-untyped-def]
+def _hopskipjump(target, x, y, eps, norm, query_budget, generator):
     from aisec.attacks.evasion.hopskipjump import HSJConfig, hopskipjump
 
     return hopskipjump(
