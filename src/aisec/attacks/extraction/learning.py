@@ -88,7 +88,7 @@ def extract_surrogate(
     before = target.queries.total
     rounds = config.rounds if config.source == "active" else 1
     budget = min(query_budget, len(pool)) if config.source == "natural" and pool is not None else query_budget
-    queried = None if pool is None else torch.zeros(len(pool), dtype=torch.bool)
+    queried = torch.zeros(0 if pool is None else len(pool), dtype=torch.bool)
     xs: list[torch.Tensor] = []
     answers: list[torch.Tensor] = []
     for r in range(rounds):
@@ -96,6 +96,7 @@ def extract_surrogate(
         if config.source == "synthetic":
             x = _synthetic(n, spec, config, generator)
         elif config.source == "natural":
+            assert pool is not None  # _checked refuses natural queries without data
             x = pool[torch.randperm(len(pool), generator=generator)[:n]]
         elif pool is None:
             candidates = _synthetic(config.candidates * n, spec, config, generator)

@@ -91,7 +91,7 @@ def fine_prune(
         raise DataError(
             f"{clean.name}: labels range over [{int(y.min())}, {int(y.max())}] but the model has {classes} classes"
         )
-    target = dict(repaired.named_modules())[name]
+    target = _prunable(repaired, name)
     before = accuracy(repaired, validation)
     ranking = _mean_activation(repaired, target, tuning.x).argsort().tolist()
     pruned: list[int] = []
@@ -159,7 +159,7 @@ def _layer_name(model: nn.Module, layer: nn.Module | str | None) -> str:
     raise BadInputError("fine-pruning: the model has no Conv2d and no hidden Linear layer to prune")
 
 
-def _mean_activation(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _mean_activation(model: nn.Module, layer: nn.Conv2d | nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """Per output channel of `layer`, the mean over clean samples (and positions) of its positive part, the
     activation a ReLU passes on."""
     seen: list[torch.Tensor] = []
@@ -173,23 +173,31 @@ def _mean_activation(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> tor
     return out.transpose(0, 1).flatten(1).mean(1).cpu()
 
 
-def _zero(layer: nn.Module, channels: list[int]) -> None:
+def _prunable(model: nn.Module, name: str) -> nn.Conv2d | nn.Linear:
+    """The layer `_layer_name` chose, typed as what it checked."""
+    layer = dict(model.named_modules())[name]
+    if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+        raise BadInputError(f"fine-pruning: {name!r} is not a Conv2d or Linear layer of the model")
+    return layer
+
+
+def _zero(layer: nn.Conv2d | nn.Linear, channels: list[int]) -> None:
     with torch.no_grad():
         layer.weight[channels] = 0
         if layer.bias is not None:
             layer.bias[channels] = 0
 
 
-def _restore(layer: nn.Module, channel: int, original: nn.Module, name: str) -> None:
-    source = dict(original.named_modules())[name]
+def _restore(layer: nn.Conv2d | nn.Linear, channel: int, original: nn.Module, name: str) -> None:
+    source = _prunable(original, name)
     with torch.no_grad():
         layer.weight[channel] = source.weight[channel]
-        if layer.bias is not None:
+        if layer.bias is not None and source.bias is not None:
             layer.bias[channel] = source.bias[channel]
 
 
 @contextmanager
-def _held_at_zero(layer: nn.Module, channels: list[int]) -> Iterator[None]:
+def _held_at_zero(layer: nn.Conv2d | nn.Linear, channels: list[int]) -> Iterator[None]:
     """Within the block, `channels` of `layer` output zero whatever training does to their weights (a pruning
     mask over weight and bias); on exit the zeros are written into the weights and the masks removed."""
     names = [name for name in ("weight", "bias") if getattr(layer, name, None) is not None]
