@@ -75,11 +75,13 @@ FUZZ_SECONDS ?= 300
 fuzz: $(VENV)/.aisec-fuzz
 	$(BIN)/python bench/fuzz_scan.py out/fuzz-corpus -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=4096
 
-# Style, then the layer rule (imports only point down; pyproject.toml [tool.importlinter]).
+# Style, then the layer rule (imports only point down; pyproject.toml [tool.importlinter]), then the types of
+# src/ (pyproject.toml [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) out build *.egg-info src/*.egg-info
