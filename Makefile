@@ -78,8 +78,8 @@ fuzz: $(VENV)/.aisec-fuzz
 # Style, then the layer rule (imports only point down; pyproject.toml [tool.importlinter]), then the types of
 # src/ (pyproject.toml [tool.mypy]).
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts examples
+	$(BIN)/ruff format --check src tests bench scripts examples
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy
 

@@ -9,11 +9,16 @@ from typing import Any
 
 from aisec.core.version import __version__
 
-__all__ = ["__version__", "load_model"]
+__all__ = ["__version__", "assess", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
-    """`aisec.load_model` (docs/supply-chain.md), imported on first use so `import aisec` stays cheap."""
+    """`aisec.assess` (docs/python.md) and `aisec.load_model` (docs/supply-chain.md), imported on first use so
+    that `import aisec` stays cheap."""
+    if name == "assess":
+        from aisec.api import assess
+
+        return assess
     if name == "load_model":
         from aisec.defend.supply_chain.loading import load_model
 

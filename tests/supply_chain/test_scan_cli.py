@@ -186,3 +186,27 @@ def test_file_names_that_look_like_markup_print_literally(tmp_path: Path) -> Non
         assert code == 1, text
         assert "a[red]b.pkl" in text and "e[bold]x[u].pkl" in text
         assert "Traceback" not in text
+
+
+def test_no_module_on_the_scanning_path_imports_torch() -> None:
+    """Every module of defend/supply_chain/ but behaviour/ (which runs models), and the scan's writers and
+    command, imported in a fresh interpreter: none pulls in torch, scikit-learn or onnxruntime."""
+    import aisec.defend.supply_chain as supply_chain
+
+    root = Path(supply_chain.__file__).parent
+    modules = sorted(
+        "aisec.defend.supply_chain." + ".".join(path.relative_to(root).with_suffix("").parts)
+        for path in root.rglob("*.py")
+        if "behaviour" not in path.parts and path.name != "__init__.py"
+    )
+    assert "aisec.defend.supply_chain.formats.pickle_vm" in modules and len(modules) > 15
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules + ['aisec.report.scan', 'aisec.cli.scan']!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in ('torch', 'sklearn', 'onnxruntime') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -191,6 +191,7 @@ class SubjectInfo:
     data_name: str
     data_samples: int
     data_sha256: str
+    input_spec_source: str = "plan"  # "plan", or how aisec.assess inferred the spec from the model and data
 
 
 @dataclass(frozen=True)

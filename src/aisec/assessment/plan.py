@@ -8,6 +8,7 @@ and says what else of the plan the probe needs (`plan_needs`); `ProbesSection` o
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -396,10 +397,7 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
     try:
         plan = Plan.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = tuple(first["loc"])
-        field = ".".join(str(p) for p in loc) or "(plan)"
-        message = first["msg"].removeprefix("Value error, ")
+        loc, field, message = _first_error(e)
         raise PlanError(f"{path}:{_line_of(node, loc)}: {field}: {message}") from None
     base = path.resolve().parent
     plan = plan.model_copy(
@@ -412,6 +410,71 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
         }
     )
     return plan, hashlib.sha256(raw).hexdigest()
+
+
+def _first_error(error: ValidationError) -> tuple[tuple[Any, ...], str, str]:
+    """The first error's location, its dotted field name and its message, as plan errors print them."""
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    return loc, ".".join(str(p) for p in loc) or "(plan)", first["msg"].removeprefix("Value error, ")
+
+
+class ObjectTargetSection(_Section):
+    """`target` in a plan given to `aisec.assess`: the model is the object passed, so the section says only how
+    it takes input (inferred from the data when left out), its device, and for the probes that retrain it how
+    to build an untrained one (`factory`: a function, or `package.module:function`). `kind` is set by
+    aisec.assess from the object."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    kind: Literal["torch", "sklearn", "onnx", "callable", "target"]
+    input: InputSection | None = None
+    device: str | None = None
+    factory: Callable[[], Any] | Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = (
+        None
+    )
+
+
+class ObjectTrainingSection(_Section):
+    """`training` in a plan given to `aisec.assess`: as in a plan file, but `data` may also be the training set
+    itself (converted to `LabelledData` by aisec.assess) and `recipe` a function."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    data: Any  # DataSection | LabelledData; LabelledData is imported only when given (it imports torch)
+    recipe: Callable[..., Any] | Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = (
+        None
+    )
+    recipe_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return DataSection.model_validate(value)
+        from aisec.data.dataset import LabelledData
+
+        if isinstance(value, (DataSection, LabelledData)):
+            return value
+        raise ValueError(f"a plan file's data section, (x, y) or LabelledData, not {type(value).__name__}")
+
+
+class ObjectPlan(Plan):
+    """A plan given to `aisec.assess` as a mapping: the keys of a plan file, the model and data being objects.
+    The cross-section checks of `Plan` apply unchanged (they read `target.kind` and `training`)."""
+
+    target: ObjectTargetSection  # type: ignore[assignment]  # the model is an object, not a file
+    data: None = None  # type: ignore[assignment]  # the data is x and y
+    training: ObjectTrainingSection | None = None  # type: ignore[assignment]
+
+
+def validate_plan(mapping: Mapping[str, Any]) -> ObjectPlan:
+    """A plan mapping (with `target.kind` set) validated as a plan file is; PlanError "plan: field: message"."""
+    try:
+        return ObjectPlan.model_validate(mapping)
+    except ValidationError as e:
+        _, field, message = _first_error(e)
+        raise PlanError(f"plan: {field}: {message}") from None
 
 
 def _resolved(section: DataSection, base: Path) -> DataSection:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from aisec.assessment.finding import Assessment, SubjectInfo
-from aisec.assessment.plan import DefencesSection, Plan, PolicySection, ProbesSection
+from aisec.assessment.plan import (
+    DefencesSection,
+    ObjectTrainingSection,
+    Plan,
+    PolicySection,
+    ProbesSection,
+    TrainingSection,
+)
 from aisec.assessment.probe import AssessmentContext, Probe, Training
+from aisec.assessment.subject import load_data
 from aisec.assessment.threat_model import ThreatModel
 from aisec.core.progress import NullProgress, Progress
+from aisec.core.user_code import import_callable
 from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData, check_labels
 from aisec.targets.base import Target
@@ -35,6 +48,7 @@ def run_assessment(
     model_source: str | None = None,
     model_sha256: str | None = None,
     progress: Progress | None = None,
+    input_spec_source: str = "plan",
 ) -> Assessment:
     """Check the data against the model's input spec, run every probe, and return the assessment.
 
@@ -60,7 +74,11 @@ def run_assessment(
         probe.check(context)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    findings = [f for probe in enabled for f in probe.run(context)]
+    findings = []
+    for probe in enabled:
+        with context.progress.task(f"probe {probe.name}", total=1) as task:
+            findings.extend(probe.run(context))
+            task.advance()
     return Assessment(
         name=name,
         tool_version=__version__,
@@ -76,6 +94,7 @@ def run_assessment(
             data_name=data.name,
             data_samples=len(data),
             data_sha256=data.sha256,
+            input_spec_source=input_spec_source,
         ),
         threat_model=context.threat_model.model_dump(mode="json"),
         findings=tuple(findings),
@@ -90,13 +109,11 @@ def run_plan(
     progress: Progress | None = None,
 ) -> Assessment:
     """Load the plan's target and data (failing on bad input before any attack) and run its probes."""
-    import dataclasses
-
-    from aisec.assessment.subject import load_data, load_target
+    from aisec.assessment.subject import load_target
 
     target, digest = load_target(plan.target)
     data = load_data(plan.data, seed=plan.seed)
-    training = _training(plan)
+    training = training_from(plan.training, plan.target.factory, seed=plan.seed)
     assessment = run_assessment(
         target,
         data,
@@ -116,22 +133,24 @@ def run_plan(
     )
 
 
-def _training(plan: Plan) -> Training | None:
-    """The plan's `training` section with its data loaded and its functions imported."""
-    import functools
-
-    from aisec.assessment.subject import load_data
-    from aisec.core.user_code import import_callable
-
-    section = plan.training
+def training_from(
+    section: TrainingSection | ObjectTrainingSection | None,
+    factory: str | Callable[[], Any] | None,
+    *,
+    seed: int,
+) -> Training | None:
+    """A plan's `training` section with its data loaded and its functions imported (a plan given to
+    aisec.assess may hold the training set and the functions themselves)."""
     if section is None:
         return None
-    fit = None
-    if section.recipe is not None:
-        fit = functools.partial(import_callable(section.recipe, "training.recipe"), **section.recipe_args)
-    factory = plan.target.factory
+    data = section.data if isinstance(section.data, LabelledData) else load_data(section.data, seed=seed)
+    recipe = _function(section.recipe, "training.recipe")
     return Training(
-        data=load_data(section.data, seed=plan.seed),
-        model_fn=import_callable(factory, "target.factory") if factory else None,
-        fit=fit,
+        data=data,
+        model_fn=_function(factory, "target.factory"),
+        fit=functools.partial(recipe, **section.recipe_args) if recipe is not None else None,
     )
+
+
+def _function(given: str | Callable[..., Any] | None, field: str) -> Callable[..., Any] | None:
+    return import_callable(given, field) if isinstance(given, str) else given

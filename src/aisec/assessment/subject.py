@@ -50,7 +50,9 @@ def load_target(section: TargetSection) -> tuple[Target, str]:
         try:
             from aisec.targets.onnx_target import OnnxTarget
         except ImportError:
-            raise ModelLoadError(f"{path}: ONNX targets need the onnx extra: pip install 'aisec[onnx]'") from None
+            raise ModelLoadError(
+                f"{path}: ONNX targets need the onnx extra: pip install 'aisec[onnx]'"
+            ) from None
         return OnnxTarget(path, spec), digest
     if section.kind == "torchscript" and not section.trusted:
         raise ModelLoadError(

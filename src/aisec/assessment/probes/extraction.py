@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -28,7 +29,7 @@ from aisec.assessment.probes.served import api_label, api_view, cell, hardened_v
 from aisec.assessment.rules import EXTRACTION
 from aisec.attacks.extraction.equation_solving import extract_linear, extract_linear_adaptive
 from aisec.attacks.extraction.equation_solving_labels import extract_linear_from_labels
-from aisec.attacks.extraction.learning import LearningConfig, extract_surrogate
+from aisec.attacks.extraction.learning import LearningConfig, Source, extract_surrogate
 from aisec.attacks.extraction.metrics import (
     TransferResult,
     accuracy,
@@ -90,9 +91,9 @@ class ExtractionProbe:
             task.advance()
         strongest = max(attempts, key=lambda a: a.agreement)
         for hardened in hardened_views(view, context.defences):
-            if strongest.result.method.startswith("learning/"):
-                strategy = strongest.result.method.removeprefix("learning/")
-                attempts.append(_learn(hardened, strategy, config.query_budget, pool, held_out, generator))
+            if strongest.result.method.startswith("learning/"):  # "learning/<source>", see _learn
+                learned = cast(Source, strongest.result.method.removeprefix("learning/"))
+                attempts.append(_learn(hardened, learned, config.query_budget, pool, held_out, generator))
             else:
                 attempts.append(_solve(hardened, config.query_budget, held_out, generator))
 
@@ -131,7 +132,7 @@ class _Attempt:
 
 def _learn(
     target: Target,
-    strategy: str,
+    strategy: Source,
     budget: int,
     pool: LabelledData,
     held_out: LabelledData,
@@ -141,7 +142,7 @@ def _learn(
     synthetic candidates."""
     log = QueryLog(target)
     data = pool.x if strategy == "natural" or (strategy == "active" and len(pool) >= budget) else None
-    result = extract_surrogate(log, budget, LearningConfig(source=strategy), data=data, generator=generator)  # type: ignore[arg-type]
+    result = extract_surrogate(log, budget, LearningConfig(source=strategy), data=data, generator=generator)
     return _judged(target, log, result, held_out)
 
 

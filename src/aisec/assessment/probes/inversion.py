@@ -12,6 +12,7 @@ most where a class is a person (face or voice recognition): the reconstruction i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,13 +79,15 @@ class InversionProbe:
         generator = torch.Generator().manual_seed(context.seed)
         with context.progress.task("model inversion", total=1) as task:
             main = self._invert(view, classes, generator)
-            results = [(view, main)]
+            results: list[tuple[Target, InversionResult | None]] = [(view, main)]
             for hardened in hardened_views(view, context.defences):
                 scores = hardened.access is Access.SCORES
                 results.append((hardened, self._invert(hardened, classes, generator) if scores else None))
             task.advance()
         hits, distances = identification(main.images.cpu(), main.classes, reference.x, reference.y)
-        rows = [(api_label(view), view.access.value, main, hits)]
+        rows: list[tuple[str, str, InversionResult | None, float | None]] = [
+            (api_label(view), view.access.value, main, hits)
+        ]
         for api, result in results[1:]:
             share = (
                 None
@@ -160,7 +163,7 @@ def _reference(context: AssessmentContext) -> LabelledData:
     return context.training.data if context.training is not None else context.data
 
 
-def _table(rows: list[tuple[str, str, InversionResult | None, float | None]]) -> Table:
+def _table(rows: Sequence[tuple[str, str, InversionResult | None, float | None]]) -> Table:
     """One row per API: classes identified (computed once per reconstruction), confidence and queries."""
     return Table(
         "Inversion against each API",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -107,10 +108,10 @@ class MembershipProbe:
         executor = LocalProcessExecutor(config.workers) if config.workers > 1 else InProcessExecutor()
         train_size = min(len(training.data), (len(x) + len(population)) // 2)
 
-        def shadows_for(target: Target, fit: Callable[..., nn.Module]) -> ShadowModels | None:
+        def shadows_for(target: Target, fit: Callable[..., nn.Module] | None) -> ShadowModels | None:
             if not set(attacks) & set(SHADOW_ATTACKS) or not target.access.allows(Access.SCORES):
                 return None
-            assert training.model_fn is not None
+            assert training.model_fn is not None and fit is not None  # check() made sure
             trainer = ShadowTrainer(training.model_fn, fit)
             with context.progress.task(f"training {config.shadows} shadow models", total=1) as task:
                 models = train_shadows(target, x, y, trainer, population=population, n_shadows=config.shadows,
@@ -206,7 +207,7 @@ class _DPSummary:
     baseline_accuracy: float
 
 
-def _dp_arguments(dp: DPTrainingSection) -> dict[str, float]:
+def _dp_arguments(dp: DPTrainingSection) -> dict[str, Any]:
     return dp.model_dump(exclude_none=True)
 
 

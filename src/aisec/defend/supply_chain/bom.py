@@ -273,7 +273,7 @@ def _size_of(model: Path, path: str) -> int | None:
 def _tools() -> list[dict[str, Any]]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from aisec import __version__
+    from aisec.core.version import __version__
 
     tools: list[dict[str, Any]] = [{"type": "application", "name": "aisec", "version": __version__}]
     try:

@@ -196,7 +196,7 @@ def scan_paths(
     hash_content: bool = True,
 ) -> ScanReport:
     """Scan every file under `paths`; `on_file` is called after each (progress display)."""
-    from aisec import __version__
+    from aisec.core.version import __version__
 
     limits = limits or ScanLimits()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")

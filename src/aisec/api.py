@@ -1,0 +1,167 @@
+"""`aisec.assess`: red-team a model from Python (a notebook, a script, a test) with the keys of a plan file.
+
+    import aisec
+    result = aisec.assess(model, x, y, plan={"threat_model": {"budgets": [0.05, 0.1]}, "probes": {"evasion": {}}})
+    result.passed, result.findings          # the Assessment
+    result.save("out/")                     # the four reports, as `aisec assess` writes them
+    result                                  # in Jupyter: the HTML report
+
+The plan takes every key of a plan file (docs/plan.md) but `data` (that is `x`, `y`) and, under `target`,
+`kind`, `path` and `trusted` (the model is the object passed). `target.input` gives the input spec; without it
+the spec is inferred and the report says how. `training.data` may be the training set itself, `(x, y)` or
+`LabelledData`, and `target.factory` and `training.recipe` functions. Bad input raises the errors `aisec
+assess` exits 2 on, with the same messages (plan errors name the field as "plan: probes.evasion: ...").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aisec.assessment.finding import Assessment, Finding
+from aisec.assessment.plan import ObjectPlan, validate_plan
+from aisec.assessment.runner import run_assessment, training_from
+from aisec.core.errors import PlanError
+from aisec.core.progress import Progress
+from aisec.data.dataset import LabelledData, as_labelled
+from aisec.report import FILE_NAMES
+from aisec.targets.base import InputSpec
+from aisec.targets.from_object import infer_spec, model_kind, target_for
+
+DEFAULT_PLAN: Mapping[str, Any] = {"probes": {"evasion": {}}}
+_NOT_IN_A_PYTHON_PLAN = {
+    "data": "aisec.assess assesses x and y; leave `data` out",
+    "target.kind": "the model is the object passed to aisec.assess; leave `kind` out",
+    "target.path": "the model is the object passed to aisec.assess; leave `path` out",
+    "target.trusted": "the model is the object passed to aisec.assess, which loads no file; leave `trusted` out",
+}
+
+
+@dataclass(frozen=True)
+class AssessmentResult:
+    """What `aisec.assess` returns: the Assessment, its reports on demand, and its HTML in Jupyter."""
+
+    assessment: Assessment
+
+    @property
+    def passed(self) -> bool:
+        """True when no finding breaks a policy threshold of the plan."""
+        return self.assessment.passed
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return self.assessment.findings
+
+    def finding(self, rule_id: str) -> Finding:
+        """The first finding of rule `rule_id` (e.g. AISEC-EVA-001); KeyError when there is none."""
+        for finding in self.findings:
+            if finding.rule_id == rule_id:
+                return finding
+        raise KeyError(
+            f"no finding {rule_id}; the assessment has {sorted({f.rule_id for f in self.findings})}"
+        )
+
+    def save(self, folder: str | Path, formats: Sequence[str] = tuple(FILE_NAMES)) -> dict[str, Path]:
+        """Write the reports (json, html, sarif, junit) into `folder`, all or none, as `aisec assess` does."""
+        from aisec.report.writer import write_reports
+
+        return write_reports(self.assessment, Path(folder), tuple(formats))
+
+    def _repr_html_(self) -> str:
+        """The HTML report, in a frame so that its styles stay out of the notebook's."""
+        from aisec.report.html import render_html
+
+        page = html.escape(render_html(self.assessment), quote=True)
+        return (
+            f'<iframe srcdoc="{page}" style="width:100%;height:48em;border:0" title="aisec report"></iframe>'
+        )
+
+
+def assess(
+    model: Any,
+    x: Any,
+    y: Any,
+    plan: Mapping[str, Any] | None = None,
+    *,
+    progress: Progress | None = None,
+) -> AssessmentResult:
+    """Assess `model` on inputs `x` and labels `y` (numpy arrays or tensors) as `plan` says (default: the
+    evasion probe with the default threat model). `model` is a torch module (white box), a fitted
+    scikit-learn classifier, the path of an .onnx file, a callable returning class scores for a float32 numpy
+    batch, or an aisec Target."""
+    settings = _settings(plan if plan is not None else DEFAULT_PLAN, model_kind(model))
+    data = as_labelled(x, y, name="x, y")
+    validated = validate_plan(settings)
+    spec, spec_source = _spec(validated, model, data)
+    target = target_for(model, spec, device=validated.target.device)
+    assessment = run_assessment(
+        target,
+        data,
+        validated.probes,
+        threat_model=validated.threat_model,
+        policy=validated.policy,
+        seed=validated.seed,
+        training=training_from(validated.training, validated.target.factory, seed=validated.seed),
+        defences=validated.defences,
+        name=validated.name,
+        model_source=f"{type(model).__name__} passed to aisec.assess",
+        model_sha256=_model_sha256(model),
+        progress=progress,
+        input_spec_source=spec_source,
+    )
+    return AssessmentResult(assessment)
+
+
+def _settings(plan: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """The plan as `validate_plan` takes it: keys that name a file refused, `target.kind` set from the model,
+    a training set given as arrays made `LabelledData`."""
+    if not isinstance(plan, Mapping):
+        raise PlanError(f"plan: a plan is a mapping with the keys of a plan file, got {type(plan).__name__}")
+    target = plan.get("target") or {}
+    if not isinstance(target, Mapping):
+        raise PlanError("plan: target: a mapping with `input`, `device` or `factory`")
+    present = {"data"} & set(plan) | {f"target.{key}" for key in target} & set(_NOT_IN_A_PYTHON_PLAN)
+    if present:
+        field = sorted(present)[0]
+        raise PlanError(f"plan: {field}: {_NOT_IN_A_PYTHON_PLAN[field]}")
+    settings = {**plan, "target": {**target, "kind": kind}}
+    training = plan.get("training")
+    if isinstance(training, Mapping) and _is_data(training.get("data")):
+        given = training["data"]
+        data = given if isinstance(given, LabelledData) else as_labelled(*given, name="training data")
+        settings["training"] = {**training, "data": data}
+    return settings
+
+
+def _is_data(value: Any) -> bool:
+    """A training set given in Python: LabelledData or an (x, y) pair (a plan file's section is a mapping)."""
+    return isinstance(value, LabelledData) or (isinstance(value, (tuple, list)) and len(value) == 2)
+
+
+def _spec(plan: ObjectPlan, model: Any, data: LabelledData) -> tuple[InputSpec, str]:
+    given = plan.target.input
+    if given is None:
+        return infer_spec(model, data.x, data.y)
+    spec = InputSpec(tuple(given.shape), given.num_classes, given.lower, given.upper)
+    return spec, "plan"
+
+
+def _model_sha256(model: Any) -> str | None:
+    """SHA-256 of a torch module's state dict (names, shapes, dtypes and values in order) or of an ONNX
+    file; None for other models, whose content aisec cannot see."""
+    import torch
+
+    kind = model_kind(model)
+    if kind == "onnx":
+        return hashlib.sha256(Path(model).read_bytes()).hexdigest()
+    if kind != "torch":
+        return None
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
