@@ -4,48 +4,67 @@ label-consistent attack (clean label, with Turner et al.'s adversarial perturbat
 from __future__ import annotations
 
 import math
+import statistics
 
+import backdoor_victims as victims
 import pytest
 import torch
+from backdoor_victims import SEEDS
 from torch import nn
 
 from aisec.attacks.backdoor.plant import TYPICAL_SHARE, plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
 from aisec.attacks.backdoor.triggers import BlendTrigger, PatchTrigger, Trigger, WarpTrigger
 from aisec.core.errors import BadInputError, DataError
-from aisec.core.seeding import build_model
-from aisec.core.training import accuracy, fit
+from aisec.core.training import accuracy
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
 from aisec.demo.models import digits_cnn
+
+pytestmark = pytest.mark.training  # its figures depend on trained models
 
 PATCH = PatchTrigger(pattern="square", corner="bottom_left")  # a white 3x3 square, bottom-left corner
 TARGET = 0
 
 
-def victim(data: LabelledData) -> nn.Module:
-    """The victim's recipe (aisec.core.training.fit defaults), from a seeded initialisation so figures repeat."""
-    return fit(build_model(digits_cnn, 0), data, seed=0)
-
-
-@pytest.fixture(scope="module")
-def adversary(digits: Split) -> nn.Module:
-    """The clean-label attacker's own model: same architecture, its own seed."""
-    return fit(build_model(digits_cnn, 1), digits.train, seed=1)
+def adversary(seed: int) -> nn.Module:
+    """The clean-label attacker's own model: same architecture and recipe, another seed than the victim's."""
+    return victims.clean_model(1000 + seed)
 
 
 @pytest.fixture(scope="module")
 def clean_accuracy(digits: Split) -> float:
-    return accuracy(victim(digits.train), digits.test)
+    return accuracy(victims.clean_model(0), digits.test)
 
 
 def backdoor(digits: Split, trigger: Trigger, rate: float, seed: int, **kwargs) -> tuple[float, float]:
-    """(attack success, clean accuracy) of the victim trained on the poisoned set."""
+    """(attack success, clean accuracy) of the victim trained on the poisoned set; the poisons, the victim's
+    initial weights and its batch order are drawn from `seed`."""
     p = plant_backdoor(
         digits.train, trigger, TARGET, rate, generator=torch.Generator().manual_seed(seed), **kwargs
     )
-    m = measure_backdoor(victim(p.data), digits.test, trigger, TARGET)
+    m = measure_backdoor(victims.train(p.data, seed), digits.test, trigger, TARGET)
     return m.attack_success, m.clean_accuracy
+
+
+def figures(seed: int) -> dict[str, float]:
+    """The required BadNets figure (a 3x3 white square, typical poisons, at 1, 5 and 10 %) and the
+    adversarial clean-label point (8 %), on the seed's victims."""
+    digits = victims.digits()
+    clean = accuracy(victims.clean_model(seed), digits.test)
+    out = {}
+    for rate in (0.01, 0.05, 0.1):
+        success, kept = backdoor(digits, PATCH, rate, seed, select="typical")
+        out |= {f"patch_success@{rate}": success, f"patch_clean_drop@{rate}": clean - kept}
+    out["clean_label_success@0.08"] = backdoor(
+        digits, PATCH, 0.08, seed, mode="clean", adversary=adversary(seed), adversary_eps=0.3
+    )[0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def study() -> list[dict[str, float]]:
+    return [figures(seed) for seed in SEEDS]
 
 
 # --- what the poisons are ---------------------------------------------------------------------------------
@@ -75,11 +94,11 @@ def test_typical_selection_spreads_over_classes_and_takes_typical_samples(digits
         assert (chosen <= cutoff + 1e-6).all()
 
 
-def test_clean_label_adversarial_poisons(digits: Split, adversary: nn.Module) -> None:
+def test_clean_label_adversarial_poisons(digits: Split) -> None:
     """Labels stay correct; outside the trigger the perturbation stays within eps and raises the adversary's
     loss on the true label."""
-    train = digits.train
-    p = plant_backdoor(train, PATCH, TARGET, 0.05, mode="clean", adversary=adversary, adversary_eps=0.2)
+    train, attacker = digits.train, adversary(0)
+    p = plant_backdoor(train, PATCH, TARGET, 0.05, mode="clean", adversary=attacker, adversary_eps=0.2)
     assert torch.equal(p.data.y, train.y) and (train.y[p.poisoned] == TARGET).all()
     outside = torch.ones(8, 8, dtype=torch.bool)
     outside[5:, :3] = False
@@ -88,19 +107,21 @@ def test_clean_label_adversarial_poisons(digits: Split, adversary: nn.Module) ->
     with torch.no_grad():
         loss = nn.functional.cross_entropy
         y = train.y[p.poisoned]
-        assert loss(adversary(p.data.x[p.poisoned]), y) > loss(adversary(train.x[p.poisoned]), y) + 1
+        assert loss(attacker(p.data.x[p.poisoned]), y) > loss(attacker(train.x[p.poisoned]), y) + 1
 
 
 # --- figures ----------------------------------------------------------------------------------------------
 
 
-def test_badnets_patch_figure(digits: Split, clean_accuracy: float) -> None:
+def test_badnets_patch_figure(study: list[dict[str, float]]) -> None:
     """Required figure: a 3x3 white patch with typical poisons gives attack success > 90 % at 1, 5 and 10 %
-    poison, clean accuracy within 2 points of the clean model (measured at generator seed 1: ASR 0.971, 0.998,
-    1.0; clean 0.993, 0.989, 0.991 against 0.987)."""
+    poison, clean accuracy within 2 points of the clean model. Seed study (bench/seed_study.py
+    test_backdoor_attacks --seeds 0-4 --threads 1, under native AVX-512, default and AVX2 kernels, n=15):
+    attack success 0.975-1.000 at 1 % (median 0.998), 0.998-1.000 at 5 %, 1.000 at 10 %; clean accuracy within
+    -0.006..0.015 of the clean model's. Asserted on the median of three seeds."""
     for rate in (0.01, 0.05, 0.1):
-        success, clean = backdoor(digits, PATCH, rate, 1, select="typical")
-        assert success > 0.9 and clean > clean_accuracy - 0.02, (rate, success, clean)
+        assert statistics.median(run[f"patch_success@{rate}"] for run in study) > 0.9
+        assert statistics.median(run[f"patch_clean_drop@{rate}"] for run in study) < 0.02
 
 
 @pytest.mark.slow
@@ -154,15 +175,15 @@ def test_blend_and_warp_figures(
 
 
 @pytest.mark.slow
-def test_clean_label_needs_the_adversarial_perturbation(
-    digits: Split, adversary: nn.Module, clean_accuracy: float
-) -> None:
+def test_clean_label_needs_the_adversarial_perturbation(digits: Split, clean_accuracy: float) -> None:
     """Turner et al. 2019 on digits: triggering target-class samples alone barely plants the backdoor; pushing
     them away from their class first (PGD, eps 0.3, against the attacker's own model) does."""
     table = {}
     for rate in (0.02, 0.05, 0.08):
         plain = backdoor(digits, PATCH, rate, 1, mode="clean")
-        adversarial = backdoor(digits, PATCH, rate, 1, mode="clean", adversary=adversary, adversary_eps=0.3)
+        adversarial = backdoor(
+            digits, PATCH, rate, 1, mode="clean", adversary=adversary(1), adversary_eps=0.3
+        )
         table[rate] = (plain, adversarial)
     print(
         "clean label (plain, adversarial):",
@@ -174,11 +195,10 @@ def test_clean_label_needs_the_adversarial_perturbation(
     assert all(m[1] > clean_accuracy - 0.02 for ms in table.values() for m in ms)
 
 
-def test_clean_label_adversarial_figure(digits: Split, adversary: nn.Module) -> None:
-    """One point of the slow table: adversarial clean-label poisons at 8 % plant the backdoor (measured 0.944;
-    0.202 without the perturbation)."""
-    success, _ = backdoor(digits, PATCH, 0.08, 1, mode="clean", adversary=adversary, adversary_eps=0.3)
-    assert success > 0.8
+def test_clean_label_adversarial_figure(study: list[dict[str, float]]) -> None:
+    """One point of the slow table: adversarial clean-label poisons at 8 % plant the backdoor. Seed study as
+    above: 0.675-1.000 (median 0.932); the medians of seeds 0-2 are 0.986, 0.936 and 0.949."""
+    assert statistics.median(run["clean_label_success@0.08"] for run in study) > 0.8
 
 
 # --- bad input --------------------------------------------------------------------------------------------

@@ -9,15 +9,15 @@ Confident learning finds 10 % random label flips; the nearest-neighbour rule too
 
 from __future__ import annotations
 
+import statistics
+
+import backdoor_victims as victims
 import pytest
 import torch
+from backdoor_victims import SEEDS
 
-from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
-from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.core.errors import BadInputError, DataError
-from aisec.core.seeding import build_model
-from aisec.core.training import fit
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.activation_clustering import activation_clustering
@@ -32,37 +32,56 @@ from aisec.defend.data_quality.reference import Reference
 from aisec.defend.data_quality.reference_distance import reference_distance
 from aisec.defend.data_quality.screening import screen_for_backdoor
 from aisec.defend.data_quality.spectral_signatures import SpectralSignaturesConfig, spectral_signatures
-from aisec.demo.models import digits_cnn
 
-TRIGGER = PatchTrigger(pattern="square")
+pytestmark = pytest.mark.training  # its figures depend on trained models
 
-
-def _train(data: LabelledData, seed: int = 0) -> torch.nn.Module:
-    return fit(build_model(digits_cnn, seed), data, seed=seed)
+TRIGGER = victims.PATCH
+RATES = (0.01, 0.05, 0.1)
+PRECISION = {0.01: 0.4, 0.05: 0.7, 0.1: 0.85}  # medians of seeds 0-2: >= 0.52, 0.79, 0.90
 
 
 @pytest.fixture(scope="module")
-def backdoored(digits: Split) -> dict[float, tuple]:
-    """The poisoned training set and the model trained on it, per poison rate."""
-    out = {}
-    for rate in (0.01, 0.05, 0.1):
-        poisoned = plant_backdoor(digits.train, TRIGGER, 0, rate, generator=torch.Generator().manual_seed(1))
-        out[rate] = (poisoned, _train(poisoned.data))
+def backdoored() -> dict[float, tuple]:
+    """The poisoned training set and the model trained on it, per poison rate (seed 0)."""
+    return {rate: (victims.badnets_set(0, rate), victims.badnets_victim(0, rate)) for rate in RATES}
+
+
+def figures(seed: int) -> dict[str, float]:
+    """Screening of the seed's BadNets training sets at each rate (the held-out test set as the trusted
+    reference), and the model retrained without what it flags."""
+    test, out = victims.digits().test, {}
+    for rate in RATES:
+        poisoned, model = victims.badnets_set(seed, rate), victims.badnets_victim(seed, rate)
+        before = measure_backdoor(model, test, TRIGGER, 0)
+        screening = screen_for_backdoor(model, poisoned.data, test)
+        score = screening.combined.score_against(poisoned.poisoned)
+        after = measure_backdoor(
+            victims.train(poisoned.without(screening.combined.flagged), seed), test, TRIGGER, 0
+        )
+        out |= {
+            f"success_before@{rate}": before.attack_success,
+            f"recall@{rate}": score.recall,
+            f"precision@{rate}": score.precision,
+            f"success_after@{rate}": after.attack_success,
+            f"clean_kept@{rate}": after.clean_accuracy - before.clean_accuracy,
+        }
     return out
 
 
-@pytest.mark.parametrize("rate", [0.01, 0.05, 0.1])
-def test_screening_recovers_the_poison_and_retraining_removes_the_backdoor(digits, backdoored, rate) -> None:
-    poisoned, model = backdoored[rate]
-    before = measure_backdoor(model, digits.test, TRIGGER, 0)
-    assert before.attack_success > 0.9
-    screening = screen_for_backdoor(model, poisoned.data, digits.test)
-    score = screening.combined.score_against(poisoned.poisoned)
-    assert score.recall >= 0.95  # measured 1.00 at every rate
-    assert score.precision >= 0.4  # measured 0.45 / 0.79 / 0.91: a few clean samples are the price
-    after = measure_backdoor(_train(poisoned.without(screening.combined.flagged)), digits.test, TRIGGER, 0)
-    assert after.attack_success < 0.1  # measured 0.000 at every rate
-    assert after.clean_accuracy >= before.clean_accuracy - 0.02
+def test_screening_recovers_the_poison_and_retraining_removes_the_backdoor() -> None:
+    """Seed study (bench/seed_study.py test_poison_detection --seeds 0-4 --threads 1, under native AVX-512,
+    default and AVX2 kernels, n=15): attack success before screening 0.88-0.99 at 1 % (median 0.938), >= 0.994
+    at 5 and 10 %; recall 1.000 at every rate and seed; precision 0.43-0.72 (0.54) / 0.77-0.90 (0.83) /
+    0.88-0.95 (0.91) at 1 / 5 / 10 %; attack success after retraining without the flags 0.000-0.006; clean
+    accuracy kept within 0.015. Asserted on the median of three seeds."""
+    runs = [figures(seed) for seed in SEEDS]
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    for rate in RATES:
+        assert median[f"success_before@{rate}"] > (0.85 if rate == 0.01 else 0.95)
+        assert median[f"recall@{rate}"] >= 0.95
+        assert median[f"precision@{rate}"] >= PRECISION[rate]  # a few clean samples are the price
+        assert median[f"success_after@{rate}"] < 0.1
+        assert median[f"clean_kept@{rate}"] >= -0.02
 
 
 def test_the_paper_rules_fail_where_the_issue_warns(digits, backdoored) -> None:
