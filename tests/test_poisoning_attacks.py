@@ -4,31 +4,34 @@ victim, and bad input refused before any work."""
 from __future__ import annotations
 
 import math
+import statistics
 
+import backdoor_victims as victims
 import pytest
 import torch
+from backdoor_victims import SEEDS
 from torch import nn
 
 from aisec.attacks.poisoning.feature_collision import feature_collision, retrain_last_layer
 from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label_flip
 from aisec.core.errors import BadInputError, DataError
-from aisec.core.seeding import build_model
-from aisec.core.training import accuracy, fit
+from aisec.core.training import accuracy
 from aisec.data.builtin import Split
 from aisec.data.dataset import LabelledData
-from aisec.demo.models import digits_cnn
+
+pytestmark = pytest.mark.training  # its figures depend on trained models
 
 BAD_RATES = [0, 1, -0.1, 1.5, math.nan]
 
 
-def victim(data: LabelledData) -> nn.Module:
-    """The victim's recipe (aisec.core.training.fit defaults), from a seeded initialisation so figures repeat."""
-    return fit(build_model(digits_cnn, 0), data, seed=0)
+def victim(data: LabelledData, seed: int = 0) -> nn.Module:
+    """The victim's recipe (aisec.core.training.fit defaults), initial weights and batch order from `seed`."""
+    return victims.train(data, seed)
 
 
 @pytest.fixture(scope="module")
-def clean_model(digits: Split) -> nn.Module:
-    return victim(digits.train)
+def clean_model() -> nn.Module:
+    return victims.clean_model(0)
 
 
 def class_accuracy(model: nn.Module, data: LabelledData, keep: torch.Tensor) -> float:
@@ -89,25 +92,37 @@ def test_label_flip_refuses_bad_classes(digits: Split) -> None:
         random_label_flip(digits.train, 0.1, num_classes=5)
 
 
-def test_label_flip_figures(digits: Split, clean_model: nn.Module) -> None:
-    """Measured (generator seed 0): clean 0.987; random flips of 40 % of the labels -> 0.820; targeted 8 -> 1
-    on 8 % of the set (83 % of the 8s): accuracy on 8s 0.962 -> 0.173, on the other classes 0.990 -> 0.988."""
-    clean = accuracy(clean_model, digits.test)
-    noisy = victim(random_label_flip(digits.train, 0.4, generator=torch.Generator().manual_seed(0)).data)
-    assert accuracy(noisy, digits.test) < clean - 0.08
-    flipped = victim(
-        targeted_label_flip(
-            digits.train, 0.08, source=8, target=1, generator=torch.Generator().manual_seed(0)
-        ).data
+def label_flip_figures(seed: int) -> dict[str, float]:
+    """Random flips of 40 % of the labels, and a targeted flip 8 -> 1 of 8 % of the set (83 % of the 8s), on
+    the seed's victims."""
+    digits, eights = victims.digits(), victims.digits().test.y == 8
+    clean_model = victims.clean_model(seed)
+    noisy = victim(
+        random_label_flip(digits.train, 0.4, generator=torch.Generator().manual_seed(seed)).data, seed
     )
-    eights = digits.test.y == 8
-    assert (
-        class_accuracy(flipped, digits.test, eights) < class_accuracy(clean_model, digits.test, eights) - 0.5
+    flip = targeted_label_flip(
+        digits.train, 0.08, source=8, target=1, generator=torch.Generator().manual_seed(seed)
     )
-    assert (
-        class_accuracy(flipped, digits.test, ~eights)
-        > class_accuracy(clean_model, digits.test, ~eights) - 0.02
-    )
+    flipped = victim(flip.data, seed)
+    return {
+        "random_flip_accuracy_lost@0.4": accuracy(clean_model, digits.test) - accuracy(noisy, digits.test),
+        "eights_accuracy_lost": class_accuracy(clean_model, digits.test, eights)
+        - class_accuracy(flipped, digits.test, eights),
+        "others_accuracy_lost": class_accuracy(clean_model, digits.test, ~eights)
+        - class_accuracy(flipped, digits.test, ~eights),
+    }
+
+
+def test_label_flip_figures() -> None:
+    """Seed study (bench/seed_study.py test_poisoning_attacks --seeds 0-4 --threads 1, under native AVX-512,
+    default and AVX2 kernels, n=15): random flips of 40 % cost 0.29-0.39 of test accuracy (median 0.33); the
+    targeted flip costs the 8s 0.69-0.94 (0.87) and the other classes -0.01-0.02. Asserted on the median of
+    three seeds."""
+    runs = [label_flip_figures(seed) for seed in SEEDS]
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    assert median["random_flip_accuracy_lost@0.4"] > 0.2
+    assert median["eights_accuracy_lost"] > 0.5
+    assert median["others_accuracy_lost"] < 0.03
 
 
 @pytest.mark.slow
@@ -192,13 +207,27 @@ def test_retrain_last_layer_touches_only_the_head(digits: Split, clean_model: nn
     assert accuracy(retrained, digits.test) > 0.97
 
 
-def test_feature_collision_figure(digits: Split, clean_model: nn.Module) -> None:
-    """Measured: 10 poisons (beta 4, opacity 0.3, nearest bases) hit 8 of the first 8 targets (18 of 20 over
-    20), keeping clean accuracy >= 0.978 against 0.989 for the last layer retrained on clean data."""
+def feature_collision_figures(seed: int) -> dict[str, float]:
+    """10 poisons (beta 4, opacity 0.3, nearest bases) against 8 targets of the seed's clean model."""
+    digits, clean_model = victims.digits(), victims.clean_model(seed)
     clean = accuracy(retrain_last_layer(clean_model, digits.train), digits.test)
-    trials = [collision_trial(clean_model, digits, t, 10) for t in range(8)]
-    assert sum(hit for hit, _ in trials) >= 6
-    assert min(acc for _, acc in trials) > clean - 0.02
+    trials = [collision_trial(clean_model, digits, 8 * seed + t, 10) for t in range(8)]
+    return {
+        "collision_hits_of_8": float(sum(hit for hit, _ in trials)),
+        "collision_worst_accuracy_lost": clean - min(acc for _, acc in trials),
+    }
+
+
+def figures(seed: int) -> dict[str, float]:
+    return label_flip_figures(seed) | feature_collision_figures(seed)
+
+
+def test_feature_collision_figure() -> None:
+    """Seed study as above: 5-8 of 8 targets hit (median 7), keeping test accuracy within 0.007-0.019 of the
+    last layer retrained on clean data. Asserted on the median of three seeds (their medians: 6-7 hits)."""
+    runs = [feature_collision_figures(seed) for seed in SEEDS]
+    assert statistics.median(run["collision_hits_of_8"] for run in runs) >= 5
+    assert statistics.median(run["collision_worst_accuracy_lost"] for run in runs) < 0.025
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@ their findings carry the figures the library tests establish."""
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 
@@ -24,6 +26,7 @@ from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
+SEEDS = (0, 1, 2)
 
 
 class _Spy:
@@ -114,26 +117,40 @@ def test_a_targeted_flip_larger_than_its_class_fails_before_any_training(digits,
 
 
 def test_backdoor_probe_plants_screens_and_repairs(digits, digits_model) -> None:
-    assessment = run_assessment(
-        TorchTarget(digits_model, InputSpec((1, 8, 8), 10)),
-        digits.test,
-        ProbesSection(
-            backdoor=BackdoorProbeSection(
-                triggers=("patch",), rates=(0.05,), repair=("retrain",), strip=False, neural_cleanse=False
-            )
-        ),
-        training=Training(digits.train, digits_cnn, fit),
-    )
-    planted = _findings(assessment, "AISEC-BKD-001")
-    (row,) = _rows(planted, "Attack success")
-    # clean accuracy kept within 2 points
-    assert row["attack success"] > 0.9 and row["clean accuracy"] > row["clean model accuracy"] - 0.02
-    defences = _findings(assessment, "AISEC-BKD-002")
-    union = [r for r in _rows(defences, "Poison detection") if r["detector"] == "all three (union)"]
-    assert union[0]["recall"] >= 0.95
-    (repair,) = _rows(defences, "Repairs")
-    assert repair["attack success after"] < 0.1  # after retraining without the flags
-    assert planted.galleries and len(planted.galleries[0].pictures) == 2  # clean and patched sample
+    """One trigger at 5 %, three plan seeds (the poisons, the retrained models and the reference split are
+    drawn from the seed): attack success and clean accuracy kept, the screening's recall, and attack success
+    after retraining without its flags, each on the median. The library figures behind them (seed study of
+    tests/test_poison_detection.py): attack success >= 0.994 at 5 %, recall 1.000, after <= 0.006."""
+    runs = []
+    for seed in SEEDS:
+        assessment = run_assessment(
+            TorchTarget(digits_model, InputSpec((1, 8, 8), 10)),
+            digits.test,
+            ProbesSection(
+                backdoor=BackdoorProbeSection(
+                    triggers=("patch",), rates=(0.05,), repair=("retrain",), strip=False, neural_cleanse=False
+                )
+            ),
+            training=Training(digits.train, digits_cnn, fit),
+            seed=seed,
+        )
+        planted = _findings(assessment, "AISEC-BKD-001")
+        (row,) = _rows(planted, "Attack success")
+        defences = _findings(assessment, "AISEC-BKD-002")
+        (union,) = [r for r in _rows(defences, "Poison detection") if r["detector"] == "all three (union)"]
+        (repair,) = _rows(defences, "Repairs")
+        runs.append({
+            "success": row["attack success"],
+            "accuracy_kept": row["clean accuracy"] - row["clean model accuracy"],
+            "recall": union["recall"],
+            "success_after_retraining": repair["attack success after"],
+        })  # fmt: skip
+        assert planted.galleries and len(planted.galleries[0].pictures) == 2  # clean and patched sample
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    assert median["success"] > 0.9
+    assert median["accuracy_kept"] > -0.02
+    assert median["recall"] >= 0.95
+    assert median["success_after_retraining"] < 0.1
 
 
 @pytest.mark.slow
@@ -151,25 +168,49 @@ def test_backdoor_probe_full(digits, digits_model) -> None:
     assert "flags 1 of the 1 models" in scan.message  # the backdoored control is
     defences = _findings(assessment, "AISEC-BKD-002")
     strip = _rows(defences, "STRIP")
-    assert strip[0]["triggered inputs detected"] > 0.9
+    assert strip[0]["triggered inputs detected"] > 0.9  # library seed study: 0.99-1.00 at 10 %
     repairs = {r["repair"].split(" (")[0]: r for r in _rows(defences, "Repairs")}
     assert set(repairs) == {"retrain without flagged samples", "gradient shaping", "fine-pruning"}
+    for repair in repairs.values():
+        assert repair["attack success before"] > 0.95  # 10 % of the training set poisoned
+    retrained, shaped, pruned = (
+        repairs[name] for name in ("retrain without flagged samples", "gradient shaping", "fine-pruning")
+    )
+    assert retrained["attack success after"] < 0.1  # screening finds every poison (library: <= 0.006)
+    assert retrained["clean accuracy after"] > retrained["clean accuracy before"] - 0.02
+    # Gradient shaping blunts only a small poisoned fraction (library: 13-21 % at 1 %, none at 5-10 %), and
+    # fine-pruning weakens these backdoors by an amount that varies from seed to seed (0.06-0.90, see
+    # tests/test_fine_pruning.py): the report must say so, and the figures are what they are.
+    assert shaped["attack success after"] > 0.8
+    assert pruned["attack success after"] <= pruned["attack success before"]
+    assert pruned["clean accuracy after"] > pruned["clean accuracy before"] - 0.05
 
 
 def test_poisoning_probe_flips_audits_and_repairs(digits, digits_model) -> None:
-    assessment = run_assessment(
-        TorchTarget(digits_model, InputSpec((1, 8, 8), 10)),
-        digits.test,
-        ProbesSection(poisoning=PoisoningProbeSection(attacks=("random_flip",), rates=(0.1,))),
-        training=Training(digits.train, digits_cnn, fit),
-    )
-    defences = _findings(assessment, "AISEC-POI-002")
-    rows = {r["detector"].split(" (")[0]: r for r in _rows(defences, "Flipped labels")}
-    # recall and precision; measured 0.849 and 0.87 (the issue asks for 0.8 and 0.8)
-    assert rows["confident learning"]["recall"] >= 0.8 and rows["confident learning"]["precision"] >= 0.8
-    assert rows["either"]["recall"] >= 0.95
-    (repair,) = _rows(defences, "Repairs")
-    # accuracy after removing the flagged samples beats the poisoned model's
-    assert repair["accuracy after"] > repair["accuracy before"]
-    audit = _findings(assessment, "AISEC-POI-003")
-    assert audit.metric("flagged_by_both").value < 0.02  # digits' own labels are nearly all right
+    """10 % random flips, three plan seeds: confident learning's recall and precision (the issue asks for 0.8
+    and 0.8; measured 0.85-0.88 and 0.87 on the library test), the union's recall, and the repaired model's
+    accuracy against the poisoned one's, on the median."""
+    runs = []
+    for seed in SEEDS:
+        assessment = run_assessment(
+            TorchTarget(digits_model, InputSpec((1, 8, 8), 10)),
+            digits.test,
+            ProbesSection(poisoning=PoisoningProbeSection(attacks=("random_flip",), rates=(0.1,))),
+            training=Training(digits.train, digits_cnn, fit),
+            seed=seed,
+        )
+        defences = _findings(assessment, "AISEC-POI-002")
+        rows = {r["detector"].split(" (")[0]: r for r in _rows(defences, "Flipped labels")}
+        (repair,) = _rows(defences, "Repairs")
+        runs.append({
+            "recall": rows["confident learning"]["recall"],
+            "precision": rows["confident learning"]["precision"],
+            "union_recall": rows["either"]["recall"],
+            "accuracy_gained": repair["accuracy after"] - repair["accuracy before"],
+            "flagged_by_both": _findings(assessment, "AISEC-POI-003").metric("flagged_by_both").value,
+        })  # fmt: skip
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    assert median["recall"] >= 0.8 and median["precision"] >= 0.8
+    assert median["union_recall"] >= 0.95
+    assert median["accuracy_gained"] > 0  # removing the flagged samples repairs the poisoned model
+    assert median["flagged_by_both"] < 0.02  # digits' own labels are nearly all right
