@@ -6,13 +6,15 @@ from __future__ import annotations
 import functools
 import math
 import pickle
+import statistics
 
+import backdoor_victims as victims
 import pytest
 import torch
+from backdoor_victims import SEEDS
 
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
-from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.attacks.poisoning.label_flip import random_label_flip
 from aisec.core.errors import BadInputError, DataError
 from aisec.core.seeding import build_model
@@ -25,7 +27,9 @@ from aisec.defend.data_quality.gradient_shaping import (
 )
 from aisec.demo.models import digits_cnn
 
-TRIGGER = PatchTrigger(pattern="square")
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
+TRIGGER = victims.PATCH
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,19 +50,45 @@ def _cnn(seed: int = 0) -> torch.nn.Module:
     return build_model(digits_cnn, seed)
 
 
-def test_gradient_shaping_cuts_a_one_percent_backdoor(digits):
-    poisoned = _badnets(digits, 0.01)  # 13 of 1257 samples
-    plain = measure_backdoor(fit(_cnn(), poisoned, seed=0), digits.test, TRIGGER, 0)
-    result = train_with_gradient_shaping(_cnn(), poisoned, seed=0)
-    shaped = measure_backdoor(result.model, digits.test, TRIGGER, 0)
-    # measured (seed 0): plain ASR 0.940 at clean 0.987; shaped ASR 0.208 at clean 0.952 (seeds 1, 2: 0.210
-    # at 0.926, 0.132 at 0.930)
-    assert plain.attack_success > 0.8
-    assert shaped.attack_success < 0.35
-    assert shaped.clean_accuracy >= 0.90
+def figures(seed: int) -> dict[str, float]:
+    """A 1 % BadNets training set (13 of 1257 samples): the plain victim, and the same set trained with the
+    default gradient shaping, both from the seed (one torch thread, as the tests run it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        test, poisoned = victims.digits().test, victims.badnets_set(seed, 0.01)
+        plain = measure_backdoor(victims.badnets_victim(seed, 0.01), test, TRIGGER, 0)
+        result = train_with_gradient_shaping(_cnn(seed), poisoned.data, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    shaped = measure_backdoor(result.model, test, TRIGGER, 0)
+    return {
+        "plain_success": plain.attack_success,
+        "shaped_success": shaped.attack_success,
+        "shaped_clean": shaped.clean_accuracy,
+        "epsilon": result.epsilon,
+    }
+
+
+def test_gradient_shaping_cuts_a_one_percent_backdoor():
+    """Seed study (bench/seed_study.py test_gradient_shaping --seeds 0-4 --threads 1, under native AVX-512,
+    default and AVX2 kernels, n=15): plain training 0.88-0.99 attack success (median 0.94); gradient shaping
+    0.11-0.38 (0.27) at a clean accuracy of 0.91-0.94; epsilon 30.3 (the settings fix it). Asserted on the
+    median of three seeds (0.288 on every kernel set)."""
+    runs = [figures(seed) for seed in SEEDS]
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    assert median["plain_success"] > 0.8
+    assert median["shaped_success"] < 0.4
+    assert median["shaped_clean"] >= 0.90
+    assert 25 < median["epsilon"] < 35  # a weak guarantee, reported only as a side figure
+
+
+def test_shaped_model_and_its_accounting(digits):
+    poisoned = _badnets(digits, 0.01)
+    result = train_with_gradient_shaping(_cnn(), poisoned, GradientShapingConfig(epochs=2), seed=0)
     assert not result.model.training
     assert result.delta == pytest.approx(1 / (10 * len(poisoned)))
-    assert 25 < result.epsilon < 35  # measured 30.3: a weak guarantee, reported only as a side figure
+    assert result.sample_rate == pytest.approx(1 / 10)  # ceil(1257 / 128) Poisson batches per epoch
 
 
 def test_recipe_is_picklable_seeded_and_leaves_the_global_generator_alone(digits):

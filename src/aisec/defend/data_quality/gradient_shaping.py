@@ -26,10 +26,10 @@ from aisec.data.dataset import LabelledData
 class GradientShapingConfig:
     """Clip bound C (`max_grad_norm`), noise standard deviation as a multiple of C, and the optimiser.
 
-    The defaults, measured on the digits CNN over three seeds (tests/test_gradient_shaping.py), cut a 1 %
-    BadNets backdoor's success from 94-98 % to 13-21 % and cost 4-6 points of clean accuracy (about 93-95 %
-    against 98-99 % for plain Adam); less noise keeps more accuracy and stops less of the backdoor, and no
-    setting tried stops a backdoor in 5 % of the training set."""
+    The defaults, measured on the digits CNN over five seeds and three kernel sets (tests/test_gradient_shaping.py),
+    cut a 1 % BadNets backdoor's success from 88-99 % to 11-38 % (median 27 %) and cost 4-8 points of clean
+    accuracy (91-94 % against 97-99 % for plain Adam); less noise keeps more accuracy and stops less of the
+    backdoor, and no setting tried stops a backdoor in 5 % of the training set."""
 
     max_grad_norm: float = 1.0
     noise_multiplier: float = 0.7
