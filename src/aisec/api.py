@@ -24,7 +24,7 @@ from typing import Any
 
 from aisec.assessment.finding import Assessment, Finding
 from aisec.assessment.plan import ObjectPlan, validate_plan
-from aisec.assessment.runner import run_assessment, training_from
+from aisec.assessment.runner import run_plan_on
 from aisec.core.errors import PlanError
 from aisec.core.progress import Progress
 from aisec.data.dataset import LabelledData, as_labelled
@@ -98,16 +98,10 @@ def assess(
     validated = validate_plan(settings)
     spec, spec_source = _spec(validated, model, data)
     target = target_for(model, spec, device=validated.target.device)
-    assessment = run_assessment(
+    assessment = run_plan_on(
         target,
         data,
-        validated.probes,
-        threat_model=validated.threat_model,
-        policy=validated.policy,
-        seed=validated.seed,
-        training=training_from(validated.training, validated.target.factory, seed=validated.seed),
-        defences=validated.defences,
-        name=validated.name,
+        validated,
         model_source=f"{type(model).__name__} passed to aisec.assess",
         model_sha256=_model_sha256(model),
         progress=progress,

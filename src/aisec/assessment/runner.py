@@ -113,23 +113,40 @@ def run_plan(
 
     target, digest = load_target(plan.target)
     data = load_data(plan.data, seed=plan.seed)
-    training = training_from(plan.training, plan.target.factory, seed=plan.seed)
-    assessment = run_assessment(
+    assessment = run_plan_on(
+        target, data, plan, model_source=str(plan.target.path), model_sha256=digest, progress=progress
+    )
+    return dataclasses.replace(
+        assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+    )
+
+
+def run_plan_on(
+    target: Target,
+    data: LabelledData,
+    plan: Plan,
+    *,
+    model_source: str,
+    model_sha256: str | None,
+    progress: Progress | None = None,
+    input_spec_source: str = "plan",
+) -> Assessment:
+    """Run a validated plan's probes, threat model, policy, training and defences on a target and data that
+    are already loaded (from the plan's sections, or the objects given to aisec.assess)."""
+    return run_assessment(
         target,
         data,
         plan.probes,
         threat_model=plan.threat_model,
         policy=plan.policy,
         seed=plan.seed,
-        training=training,
+        training=training_from(plan.training, plan.target.factory, seed=plan.seed),
         defences=plan.defences,
         name=plan.name,
-        model_source=str(plan.target.path),
-        model_sha256=digest,
+        model_source=model_source,
+        model_sha256=model_sha256,
         progress=progress,
-    )
-    return dataclasses.replace(
-        assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+        input_spec_source=input_spec_source,
     )
 
 

@@ -14,17 +14,29 @@ import yaml
 from aisec.assessment.finding import Assessment
 from aisec.core.progress import Progress
 
+_TARGET = {
+    "kind": "torch",
+    "factory": "aisec.demo.models:digits_cnn",
+    "path": "model/digits_cnn.pt",
+    "input": {"shape": [1, 8, 8], "num_classes": 10, "lower": 0.0, "upper": 1.0},
+}
+# The model's training set and recipe: the members for membership inference, the recipe for the models the
+# probes retrain (shadow models, poisoned models, defences).
+_TRAINING = {"data": {"builtin": "digits", "split": "train"}, "recipe": "aisec.core.training:fit"}
+_POLICY = {
+    "min_clean_accuracy": 0.95,
+    "min_robust_accuracy": {0.05: 0.5},
+    "max_membership_auc": 0.6,
+    "max_extraction_agreement": 0.95,
+}
+_NAME = "digits CNN under evasion, extraction, inversion, membership inference, poisoning and backdoors"
+
 # The two-minute demo: every probe and every defence, at small settings (fewer samples, budgets, shadow models,
-# rates and triggers). `aisec demo --full` runs FULL_DEMO_PLAN, the thorough assessment.
+# rates and triggers).
 DEMO_PLAN = {
-    "name": "Demo: digits CNN under evasion, extraction, inversion, membership inference, poisoning and backdoors",
+    "name": f"Demo: {_NAME}",
     "seed": 0,
-    "target": {
-        "kind": "torch",
-        "factory": "aisec.demo.models:digits_cnn",
-        "path": "model/digits_cnn.pt",
-        "input": {"shape": [1, 8, 8], "num_classes": 10, "lower": 0.0, "upper": 1.0},
-    },
+    "target": _TARGET,
     "data": {"builtin": "digits", "split": "test", "samples": 300},
     "threat_model": {
         "knowledge": "white_box",
@@ -40,32 +52,20 @@ DEMO_PLAN = {
         "poisoning": {"attacks": ["random_flip"], "rates": [0.1], "folds": 3},
         "backdoor": {"triggers": ["patch"], "rates": [0.05], "repair": ["retrain"]},
     },
-    "training": {
-        "data": {"builtin": "digits", "split": "train"},
-        "recipe": "aisec.core.training:fit",
-    },
+    "training": _TRAINING,
     "defences": {
         "output_hardening": [{"label_only": True}],
         "dp_training": {"target_epsilon": 4.0, "epochs": 10, "lr": 0.05, "batch_size": 128},
         "gradient_shaping": {},
     },
-    "policy": {
-        "min_clean_accuracy": 0.95,
-        "min_robust_accuracy": {0.05: 0.5},
-        "max_membership_auc": 0.6,
-        "max_extraction_agreement": 0.95,
-    },
+    "policy": _POLICY,
 }
 
+# `aisec demo --full`: the thorough assessment (every attack, trigger and rate of the probes' defaults).
 FULL_DEMO_PLAN = {
-    "name": "Demo (full): digits CNN under evasion, extraction, inversion, membership inference, poisoning and backdoors",
+    "name": f"Demo (full): {_NAME}",
     "seed": 0,
-    "target": {
-        "kind": "torch",
-        "factory": "aisec.demo.models:digits_cnn",
-        "path": "model/digits_cnn.pt",
-        "input": {"shape": [1, 8, 8], "num_classes": 10, "lower": 0.0, "upper": 1.0},
-    },
+    "target": _TARGET,
     "data": {"builtin": "digits", "split": "test", "samples": 500},
     "threat_model": {
         "knowledge": "white_box",
@@ -78,27 +78,16 @@ FULL_DEMO_PLAN = {
         "extraction": {"query_budget": 1000},
         "inversion": {},
         "membership": {"records": 200, "shadows": 16},
-        # Retrain on poisoned copies of the training set: label flips, and patch, blend and warp backdoors.
         "poisoning": {"rates": [0.05, 0.1]},
         "backdoor": {},
     },
-    # The model's training set and recipe: the members for membership inference, the recipe for shadow models.
-    "training": {
-        "data": {"builtin": "digits", "split": "train"},
-        "recipe": "aisec.core.training:fit",
-    },
-    # Controls the probes measure beside the undefended model.
+    "training": _TRAINING,
     "defences": {
         "output_hardening": [{"top_k": 1, "decimals": 2}, {"label_only": True}],
         "dp_training": {"target_epsilon": 4.0, "epochs": 20, "lr": 0.05, "batch_size": 128},
         "gradient_shaping": {},
     },
-    "policy": {
-        "min_clean_accuracy": 0.95,
-        "min_robust_accuracy": {0.05: 0.5},
-        "max_membership_auc": 0.6,
-        "max_extraction_agreement": 0.95,
-    },
+    "policy": _POLICY,
 }
 
 
