@@ -3,12 +3,15 @@ the real patch and is far smaller than any other class's; the anomaly index name
 
 from __future__ import annotations
 
+import statistics
+
+import backdoor_victims as victims
 import pytest
 import torch
+from backdoor_victims import SEEDS, badnets_victim
 from torch import nn
 
 from aisec.attacks.backdoor.plant import plant_backdoor
-from aisec.attacks.backdoor.triggers import PatchTrigger
 from aisec.core.errors import BadInputError, DataError
 from aisec.core.seeding import build_model
 from aisec.core.training import fit
@@ -16,37 +19,56 @@ from aisec.data.dataset import LabelledData
 from aisec.defend.supply_chain.behaviour.neural_cleanse import NeuralCleanseConfig, neural_cleanse
 from aisec.demo.models import digits_cnn
 
-PATCH = PatchTrigger(size=3, pattern="square")
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
+PATCH = victims.PATCH
 
 
-def _train(data: LabelledData) -> nn.Module:
-    return fit(build_model(digits_cnn, 0), data, seed=0)
-
-
-def _backdoored(digits, target: int) -> nn.Module:
+def _backdoored(digits, target: int, seed: int = 0) -> nn.Module:
     poisoned = plant_backdoor(
-        digits.train, PATCH, target_class=target, rate=0.1, generator=torch.Generator().manual_seed(1)
+        digits.train, PATCH, target_class=target, rate=0.1, generator=torch.Generator().manual_seed(seed)
     )
-    return _train(poisoned.data)
+    return fit(build_model(digits_cnn, seed), poisoned.data, seed=seed)
+
+
+def figures(seed: int) -> dict[str, float]:
+    """Neural Cleanse on the seed's BadNets victim (10 %, target 0), reversing classes 0 and 1."""
+    result = neural_cleanse(badnets_victim(seed), victims.digits().test, classes=(0, 1),
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    target, other = result.triggers
+    patch_mask, _ = PATCH.mask_and_pattern((1, 8, 8), 0.0, 1.0)
+    return {
+        "target_success": target.attack_success,
+        "target_norm": target.norm,
+        "inside_patch": float((target.mask * patch_mask).sum() / target.mask.sum()),
+        "other_norm": other.norm,
+    }
 
 
 @pytest.fixture(scope="module")
-def badnets(digits) -> nn.Module:
-    return _backdoored(digits, 0)
+def badnets() -> nn.Module:
+    return badnets_victim(0)
 
 
-def test_reversed_trigger_of_the_target_is_the_patch(badnets, digits):
+def test_reversed_trigger_of_the_target_is_the_patch():
+    """Seed study (bench/seed_study.py test_neural_cleanse --seeds 0-4, under native AVX-512 (two threads),
+    default and AVX2 kernels (one thread), n=15): the target's trigger flips 0.992-1.000 of the inputs with a
+    mask norm of 3.2-5.4 (median 4.6; the real patch has 9 pixels), 0.75-1.00 of it inside the patch (median
+    1.00); the other class needs 12.3-14.6. Asserted on the median of three seeds."""
+    runs = [figures(seed) for seed in SEEDS]
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    assert median["target_success"] >= 0.97
+    assert median["target_norm"] <= 7.0  # the real patch has 9 pixels
+    assert median["inside_patch"] >= 0.8
+    assert median["other_norm"] >= 10.0
+
+
+def test_weights_untouched_and_figures_repeat(badnets, digits):
     before = {k: v.clone() for k, v in badnets.state_dict().items()}
     grads = [None if p.grad is None else p.grad.clone() for p in badnets.parameters()]
     result = neural_cleanse(badnets, digits.test, classes=(0, 1), generator=torch.Generator().manual_seed(0))
-    target, other = result.triggers
-    patch_mask, _ = PATCH.mask_and_pattern((1, 8, 8), 0.0, 1.0)
-    assert target.target == 0 and target.reached and target.attack_success >= 0.97  # measured 1.000
-    assert target.norm <= 7.0  # measured 4.76, of the real patch's 9 pixels
-    assert (
-        float((target.mask * patch_mask).sum() / target.mask.sum()) >= 0.8
-    )  # measured 0.997 inside the patch
-    assert other.norm >= 10.0  # measured 13.67
+    target = result.triggers[0]
+    assert target.target == 0 and target.reached
     assert target.mask.shape == (8, 8) and target.pattern.shape == (1, 8, 8)
     assert 0 <= float(target.pattern.min()) and float(target.pattern.max()) <= 1
     assert result.samples == 300
@@ -56,6 +78,8 @@ def test_reversed_trigger_of_the_target_is_the_patch(badnets, digits):
         for g, p in zip(grads, badnets.parameters(), strict=True)
     )
     assert all(torch.equal(v, badnets.state_dict()[k]) for k, v in before.items())
+    again = neural_cleanse(badnets, digits.test, classes=(0, 1), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.triggers[0].mask, target.mask)
 
 
 def test_training_mode_is_restored(badnets, digits):
@@ -83,7 +107,7 @@ def test_clean_model_is_not_flagged(digits):
     one torch thread) reached indices 1.26-2.77, three of five above 2: on 8x8 digits the natural classes' masks
     cluster tightly (MAD 0.5-0.7) and a naturally easy class (3 or 5, 0.72-0.82 of the median) can stand out.
     The ratio to the median kept every clean model >= 0.72 and every patch or blend backdoor <= 0.64."""
-    result = neural_cleanse(_train(digits.train), digits.test, generator=torch.Generator().manual_seed(0))
+    result = neural_cleanse(victims.clean_model(0), digits.test, generator=torch.Generator().manual_seed(0))
     assert not result.flagged and max(result.anomaly_index) <= 2.0  # measured 0.99 (class 3)
     assert result.norm_ratio >= 0.7  # measured 0.80
 
