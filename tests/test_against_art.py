@@ -9,6 +9,8 @@ from aisec.attacks.evasion.pgd import PGDConfig, pgd
 from aisec.attacks.evasion.registry import STRONGEST
 from aisec.targets.base import Access
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 art = pytest.importorskip("art")
 BUDGETS = (0.05, 0.1, 0.15)
 
