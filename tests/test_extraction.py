@@ -4,6 +4,7 @@ active queries, with the transfer of PGD examples from the surrogate to the vict
 
 from __future__ import annotations
 
+import statistics
 import warnings
 
 import numpy as np
@@ -24,6 +25,7 @@ from aisec.targets.callable_target import CallableTarget
 from aisec.targets.sklearn_models import sklearn_target
 from aisec.targets.views import label_only, scores_only
 
+torch.set_num_threads(1)  # as the membership tests: a one-thread session runs the same whatever is collected
 FLAT = {"breast_cancer": InputSpec((30,), 2), "digits": InputSpec((64,), 10)}
 
 
@@ -112,59 +114,116 @@ def test_label_only_extraction(name, budget, splits, logistic):
 DIGITS = InputSpec((1, 8, 8), 10)
 
 
-@pytest.fixture(scope="module")
-def mlp_victim(splits) -> Target:
-    """A one-hidden-layer MLP on digits (97.8 % test accuracy), converted exactly to torch."""
+SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
+VIEWS = {"scores": scores_only, "labels": label_only}
+SOURCES = {"natural": "natural", "synthetic": "synthetic", "active": "active", "active pool": "active"}
+
+
+def _mlp_victim(split: Split, seed: int) -> Target:
+    """A one-hidden-layer MLP on digits (about 97 % test accuracy), trained from `seed`, converted exactly to
+    torch."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0)
-        mlp.fit(_flat(splits["digits"].train.x), splits["digits"].train.y.numpy())
+        mlp = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=seed)
+        mlp.fit(_flat(split.train.x), split.train.y.numpy())
     return sklearn_target(mlp, DIGITS)
+
+
+def _mirrored(split: Split) -> torch.Tensor:
+    """The attacker's natural data from another distribution: the training digits mirrored left to right."""
+    return split.train.x.flip(-1).contiguous()
+
+
+def _agreements(victim: Target, view: str, split: Split, seed: int) -> dict[str, float]:
+    """Agreement with the victim on the test digits of a surrogate from 500 queries of each source."""
+    figures = {}
+    for name, source in SOURCES.items():
+        target = VIEWS[view](victim)
+        data = _mirrored(split) if name in ("natural", "active pool") else None
+        result = extract_surrogate(target, 500, LearningConfig(source=source), data=data,
+                                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        assert result.queries == target.queries.total == 500
+        assert result.access is target.access
+        figures[f"{view} {name}"] = agreement(result, victim, split.test.x)
+    return figures
+
+
+def _transfer(victim: Target, split: Split, seed: int) -> dict[str, float]:
+    """PGD at L-inf 0.3 on an active surrogate (scores, natural pool), replayed on the victim."""
+    result = extract_surrogate(scores_only(victim), 500, LearningConfig(source="active"), data=_mirrored(split),
+                               generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    transfer = transfer_rate(
+        result, victim, split.test.x, split.test.y, eps=0.3, generator=torch.Generator().manual_seed(seed)
+    )
+    return {"fooled surrogate": transfer.fooled_surrogate / transfer.attacked, "transfer rate": transfer.rate}
+
+
+def figures(seed: int) -> dict[str, float]:
+    """The victim trained from `seed`, each surrogate initialised and trained from `seed`."""
+    split = load_builtin("digits", seed=0)
+    victim = _mlp_victim(split, seed)
+    return (_agreements(victim, "scores", split, seed) | _agreements(victim, "labels", split, seed)
+            | _transfer(victim, split, seed))  # fmt: skip
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    for seed, run in zip(SEEDS, runs, strict=True):
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()))
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+
+
+@pytest.fixture(scope="module")
+def victims(splits) -> list[Target]:
+    return [_mlp_victim(splits["digits"], seed) for seed in SEEDS]
+
+
+@pytest.fixture(scope="module")
+def mlp_victim(victims) -> Target:
+    return victims[0]
 
 
 @pytest.fixture(scope="module")
 def mirrored(splits) -> torch.Tensor:
-    """The attacker's natural data from another distribution: the training digits mirrored left to right."""
-    return splits["digits"].train.x.flip(-1).contiguous()
+    return _mirrored(splits["digits"])
 
 
-@pytest.mark.parametrize(
-    "view, floors",
-    [
-        # measured agreement: natural 0.954, synthetic 0.539, active 0.806, active from the natural pool 0.980
-        (scores_only, {"natural": 0.93, "synthetic": 0.5, "active": 0.75, "active pool": 0.96}),
-        # measured: 0.789, 0.409, 0.452, 0.902
-        (label_only, {"natural": 0.75, "synthetic": 0.35, "active": 0.4, "active pool": 0.87}),
-    ],
-)
-def test_learning_based_extraction_at_a_fixed_budget(view, floors, splits, mlp_victim, mirrored):
-    figures = {}
-    for name, source, data in [
-        ("natural", "natural", mirrored),
-        ("synthetic", "synthetic", None),
-        ("active", "active", None),
-        ("active pool", "active", mirrored),
-    ]:
-        target = view(mlp_victim)
-        result = extract_surrogate(target, 500, LearningConfig(source=source), data=data,
-                                   generator=torch.Generator().manual_seed(0))  # fmt: skip
-        assert result.queries == target.queries.total == 500
-        assert result.access is target.access
-        figures[name] = agreement(result, mlp_victim, splits["digits"].test.x)
-        assert figures[name] >= floors[name], (name, figures)
-    assert figures["active"] >= figures["synthetic"]
-    assert figures["active pool"] >= figures["natural"]
+# Seed study (bench/seed_study.py test_extraction, seeds 0-4 under native AVX-512, default and AVX2 kernels,
+# n=15; each seed trains the victim and initialises and trains the surrogates), agreement min/median/max:
+#   scores: natural 0.950/0.954/0.959, synthetic 0.522/0.604/0.739, active 0.689/0.822/0.904,
+#           active pool 0.959/0.974/0.980
+#   labels: natural 0.731/0.761/0.809, synthetic 0.374/0.406/0.531, active 0.404/0.463/0.531,
+#           active pool 0.794/0.846/0.889
+# On single runs active queries beat synthetic ones 14 (scores) and 12 (labels) of 15 times, the active pool
+# beats natural queries 15 and 12 of 15 times; on the median of three seeds both hold for every triple of the
+# study. Asserted on the median of three seeds, each floor below the lowest median of three in the study.
+FLOORS = {
+    "scores": {"natural": 0.93, "synthetic": 0.5, "active": 0.7, "active pool": 0.95},
+    "labels": {"natural": 0.7, "synthetic": 0.35, "active": 0.38, "active pool": 0.78},
+}
 
 
-def test_surrogate_examples_transfer_to_the_victim(splits, mlp_victim, mirrored):
-    result = extract_surrogate(scores_only(mlp_victim), 500, LearningConfig(source="active"), data=mirrored,
-                               generator=torch.Generator().manual_seed(0))  # fmt: skip
-    test = splits["digits"].test
-    transfer = transfer_rate(
-        result, mlp_victim, test.x, test.y, eps=0.3, generator=torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("view", ["scores", "labels"])
+def test_learning_based_extraction_at_a_fixed_budget(view, splits, victims):
+    """Agreement with the victim on the test digits after 500 queries; floors from the seed study above."""
+    runs = [
+        _agreements(victim, view, splits["digits"], seed) for seed, victim in zip(SEEDS, victims, strict=True)
+    ]
+    median = _median(runs)
+    for name, floor in FLOORS[view].items():
+        assert median[f"{view} {name}"] >= floor, (name, median)
+    assert median[f"{view} active"] >= median[f"{view} synthetic"]
+    assert median[f"{view} active pool"] >= median[f"{view} natural"]
+
+
+def test_surrogate_examples_transfer_to_the_victim(splits, victims):
+    """Seed study (bench/seed_study.py test_extraction, seeds 0-4 under native AVX-512, default and AVX2
+    kernels, n=15): every PGD example fools its surrogate; transfer rate to the victim 0.221/0.261/0.362
+    (min/median/max). Asserted on the median of three seeds."""
+    median = _median(
+        [_transfer(victim, splits["digits"], seed) for seed, victim in zip(SEEDS, victims, strict=True)]
     )
-    assert transfer.fooled_surrogate >= 0.9 * transfer.attacked
-    assert transfer.rate > 0.2  # measured: 148 of the 519 that fool the surrogate (0.285)
+    assert median["fooled surrogate"] >= 0.9
+    assert median["transfer rate"] > 0.15
 
 
 def test_bad_input_fails_before_any_query(logistic, mlp_victim, mirrored):
