@@ -2,21 +2,22 @@
 the logit-space score, the executors, and refusals before any work.
 
 Setting: a 1-hidden-layer MLP trained on 200 digits (the members) until it fits them perfectly (train accuracy
-1.0, test 0.93); the non-members are 1,000 other digits, so that a 0.1 % FPR is a real operating point (one
-false positive allowed) rather than "no false positive among a few hundred"; the attacker holds the remaining
-597 digits (the population) and, online, the records under attack. 64 shadow models of the same architecture
-train on random 200-record subsets of that pool (every record in 7 of them).
+1.0, test 0.925-0.935); the non-members are 1,000 other digits, so that a 0.1 % FPR is a real operating point
+(one false positive allowed) rather than "no false positive among a few hundred"; the attacker holds the
+remaining 597 digits (the population) and, online, the records under attack. 64 shadow models of the same
+architecture train on random 200-record subsets of that pool (every record in 7 of them).
 """
 
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 
 import numpy as np
 import pytest
 import torch
-from membership_split import MEMBERS, NON_MEMBERS, SPEC, membership_split, mlp
+from membership_split import MEMBERS, NON_MEMBERS, SPEC, MembershipSplit, membership_split, mlp
 from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 from torch import nn
@@ -49,20 +50,70 @@ SHADOWS = 64
 FIT = functools.partial(fit, epochs=100)
 
 
+SEEDS = (0, 1, 2)  # the victim seeds a test asserts over (one shared set of shadow models); studies run more
+SHADOW_SEED = 0
+
+
+def _victim(split: MembershipSplit, seed: int) -> nn.Module:
+    return FIT(build_model(mlp, seed), split.training_set, seed=seed)
+
+
+def _shadows(split: MembershipSplit, target: TorchTarget, seed: int) -> ShadowModels:
+    """The attacker's shadow models: they train on halves of the records and the population, never on the
+    victim's answers, so one set serves every victim of the split."""
+    return train_shadows(
+        target, split.x, split.y, ShadowTrainer(mlp, FIT), population=split.population,
+        n_shadows=SHADOWS, train_size=MEMBERS, seed=seed,
+    )  # fmt: skip
+
+
+def _attack(split: MembershipSplit, victim: nn.Module, shadows: ShadowModels) -> dict[str, MembershipResult]:
+    attacks = {
+        "loss": loss_threshold_attack,
+        "LiRA online": functools.partial(lira, shadows=shadows),
+        "LiRA offline": functools.partial(lira, shadows=shadows, online=False),
+        "RMIA online": functools.partial(rmia, shadows=shadows),
+        "RMIA offline": functools.partial(rmia, shadows=shadows, online=False),
+    }
+    return {
+        name: attack(TorchTarget(victim, SPEC), split.x, split.y, members=split.members)
+        for name, attack in attacks.items()
+    }
+
+
+def _figures(
+    split: MembershipSplit, victim: nn.Module, results: dict[str, MembershipResult]
+) -> dict[str, float]:
+    """Each attack's AUC and TPR at 0.1 % and 1 % FPR, and how many members the float32 loss ties at 0."""
+    figures = {}
+    for name, result in results.items():
+        figures |= {f"{name} AUC": result.auc, f"{name} TPR@0.1%": result.tpr_at[0.001],
+                    f"{name} TPR@1%": result.tpr_at[0.01]}  # fmt: skip
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(victim(split.x), split.y, reduction="none")
+    figures["members at float32 loss 0"] = float((loss[split.members] == 0).sum())
+    return figures
+
+
+def figures(seed: int) -> dict[str, float]:
+    """The attacks on the victim trained from `seed`, with 64 shadow models trained from `seed`."""
+    split = membership_split()
+    victim = _victim(split, seed)
+    results = _attack(split, victim, _shadows(split, TorchTarget(victim, SPEC), seed))
+    return _figures(split, victim, results)
+
+
 class Setting:
-    """The victim, the records under attack with their truth, the population and the shadow models."""
+    """The victims (one per seed of SEEDS), the records under attack with their truth, the population and
+    the shadow models."""
 
     def __init__(self) -> None:
-        split = membership_split()
+        self.split = split = membership_split()
         self.x, self.y, self.members, self.population = split.x, split.y, split.members, split.population
-        self.victim = FIT(
-            build_model(mlp, 12345), LabelledData(self.x[:MEMBERS], self.y[:MEMBERS]), seed=12345
-        )
+        self.victims = [_victim(split, seed) for seed in SEEDS]
+        self.victim = self.victims[0]
         start = time.perf_counter()
-        self.shadows = train_shadows(
-            self.target(), self.x, self.y, ShadowTrainer(mlp, FIT), population=self.population,
-            n_shadows=SHADOWS, train_size=MEMBERS, seed=1,
-        )  # fmt: skip
+        self.shadows = _shadows(split, self.target(), SHADOW_SEED)
         self.shadow_seconds = time.perf_counter() - start
 
     def target(self) -> TorchTarget:
@@ -72,6 +123,19 @@ class Setting:
 @pytest.fixture(scope="module")
 def setting() -> Setting:
     return Setting()
+
+
+@pytest.fixture(scope="module")
+def runs(setting: Setting) -> list[dict[str, MembershipResult]]:
+    """Every attack on each victim of SEEDS, with the shared shadow models."""
+    return [_attack(setting.split, victim, setting.shadows) for victim in setting.victims]
+
+
+def _median(setting: Setting, runs: list[dict[str, MembershipResult]]) -> dict[str, float]:
+    every = [_figures(setting.split, victim, run) for victim, run in zip(setting.victims, runs, strict=True)]
+    for seed, figures in zip(SEEDS, every, strict=True):
+        print(f"victim seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in figures.items()))
+    return {name: statistics.median(figures[name] for figures in every) for name in every[0]}
 
 
 def _run(setting: Setting, attack, **kwargs) -> tuple[MembershipResult, TorchTarget]:
@@ -85,45 +149,67 @@ def _line(result: MembershipResult) -> str:
     return f"{result.attack}: {figures}, {result.queries} queries"
 
 
-def test_lira_finds_members_the_loss_attack_cannot(setting: Setting) -> None:
-    # Measured (seed 0): loss AUC 0.604, TPR@0.1% 0.010, TPR@1% 0.015; LiRA online AUC 0.721, 0.065, 0.130;
-    # LiRA offline AUC 0.688, 0.000, 0.075. Over data seeds 0-3, LiRA online: AUC 0.717-0.758, TPR@0.1%
-    # 0.025-0.080, loss TPR@0.1% 0-0.010.
-    loss, loss_target = _run(setting, loss_threshold_attack)
-    online, online_target = _run(setting, lira, shadows=setting.shadows)
-    offline, _ = _run(setting, lira, shadows=setting.shadows, online=False)
+def test_lira_finds_members_the_loss_attack_cannot(setting: Setting, runs) -> None:
+    """Seed study (bench/seed_study.py test_membership, seeds 0-4 under native AVX-512, default and AVX2
+    kernels, n=15; each seed trains the victim and 64 shadow models), AUC / TPR@0.1% / TPR@1%, min/median/max:
+
+      loss          0.593/0.598/0.606   0.005/0.010/0.010   0.015/0.020/0.025
+      LiRA online   0.683/0.702/0.713   0.020/0.030/0.040   0.070/0.100/0.115
+      LiRA offline  0.659/0.665/0.673   0/0.015/0.015       0.035/0.040/0.065
+
+    TPRs count members (0.005 is one of 200), so ratios of them are coarse: over every triple of seeds in the
+    study the median of LiRA online's TPR is at least 2.5x the loss attack's at 0.1 % FPR and 3.4x at 1 %,
+    offline's 2x at 1 %; LiRA online's AUC at least 0.095 above the loss attack's, offline's 0.060. Asserted
+    on the median of three victims, with one shared set of shadow models."""
     print(f"\n{SHADOWS} shadow models in {setting.shadow_seconds:.1f} s")
+    loss, online, offline = (runs[0][name] for name in ("loss", "LiRA online", "LiRA offline"))
     for result in (loss, online, offline):
         print(_line(result))
     assert loss.queries == online.queries == MEMBERS + NON_MEMBERS
-    assert loss_target.queries.total == online_target.queries.total == MEMBERS + NON_MEMBERS
     assert online.shadows == SHADOWS and loss.shadows == 0
-    assert online.auc > 0.7
-    assert online.tpr_at[0.001] >= 0.03
-    assert online.tpr_at[0.001] >= 5 * loss.tpr_at[0.001]
-    assert online.tpr_at[0.01] >= 5 * loss.tpr_at[0.01]
-    assert offline.auc > loss.auc + 0.05
-    assert offline.tpr_at[0.01] >= 3 * loss.tpr_at[0.01]
+    _, loss_target = _run(setting, loss_threshold_attack)
+    _, online_target = _run(setting, lira, shadows=setting.shadows)
+    assert loss_target.queries.total == online_target.queries.total == MEMBERS + NON_MEMBERS
+    median = _median(setting, runs)
+    assert median["LiRA online AUC"] > 0.67
+    assert median["LiRA online AUC"] >= median["loss AUC"] + 0.07
+    assert median["LiRA online TPR@0.1%"] >= 0.015
+    assert median["LiRA online TPR@0.1%"] >= 2 * median["loss TPR@0.1%"]
+    assert median["LiRA online TPR@1%"] >= 3 * median["loss TPR@1%"]
+    assert median["LiRA offline AUC"] >= median["loss AUC"] + 0.04
+    assert median["LiRA offline TPR@1%"] >= 1.5 * median["loss TPR@1%"]
 
 
-def test_rmia_at_least_as_strong_as_the_loss_attack_at_low_fpr(setting: Setting) -> None:
-    # Measured (seed 0): RMIA online (calibrated T=4) AUC 0.719, TPR@0.1% 0.015, TPR@1% 0.080; offline
-    # (calibrated a=0.5, T=4) AUC 0.715, 0.045, 0.070; loss 0.604, 0.010, 0.015.
-    loss, _ = _run(setting, loss_threshold_attack)
-    online, target = _run(setting, rmia, shadows=setting.shadows)
-    offline, _ = _run(setting, rmia, shadows=setting.shadows, online=False)
+def test_rmia_beats_the_loss_attack_at_1_percent_fpr(setting: Setting, runs) -> None:
+    """Seed study (bench/seed_study.py test_membership, seeds 0-4 under native AVX-512, default and AVX2
+    kernels, n=15; each seed trains the victim and 64 shadow models), AUC / TPR@0.1% / TPR@1%, min/median/max:
+
+      RMIA online   0.691/0.706/0.712   0 on every run      0.035/0.050/0.080
+      RMIA offline  0.694/0.706/0.717   0/0/0.015           0.055/0.075/0.080
+      loss          0.593/0.598/0.606   0.005/0.010/0.010   0.015/0.020/0.025
+
+    RMIA is as strong as LiRA online on average and at least 2x the loss attack at 1 % FPR (over every triple
+    of seeds), but it has no operating point at 0.1 % FPR here: its score, the share of the 597 population
+    records a record beats, saturates at 1 (seed 0's victim: for 16 records online, 18 offline, 4 and 5 of
+    them non-members), and these ties leave no threshold with at most one false positive. So RMIA is not
+    asserted at 0.1 % FPR. Asserted on the median of three victims, with one shared set of shadow models."""
     print()
-    for result in (online, offline):
+    for result in (runs[0]["RMIA online"], runs[0]["RMIA offline"]):
         print(_line(result))
-    assert target.queries.total == online.queries == MEMBERS + NON_MEMBERS + len(setting.population)
-    for result in (online, offline):
-        assert result.auc > 0.7
-        for fpr in (0.001, 0.01):
-            assert result.tpr_at[fpr] >= loss.tpr_at[fpr]
-        assert result.tpr_at[0.01] >= 3 * loss.tpr_at[0.01]
+    _, target = _run(setting, rmia, shadows=setting.shadows)
+    assert (
+        target.queries.total
+        == runs[0]["RMIA online"].queries
+        == MEMBERS + NON_MEMBERS + len(setting.population)
+    )
+    median = _median(setting, runs)
+    for attack in ("RMIA online", "RMIA offline"):
+        assert median[f"{attack} AUC"] > 0.67
+        assert median[f"{attack} AUC"] >= median["loss AUC"] + 0.07
+        assert median[f"{attack} TPR@1%"] >= 1.5 * median["loss TPR@1%"]
 
 
-def test_roc_chart_is_log_log_and_the_loss_attack_reads_confident_members(setting: Setting) -> None:
+def test_roc_chart_is_log_log_and_the_loss_attack_reads_confident_members(setting: Setting, runs) -> None:
     loss, _ = _run(setting, loss_threshold_attack)
     confidence, _ = _run(setting, loss_threshold_attack, kind="confidence")
     online, _ = _run(setting, lira, shadows=setting.shadows)
@@ -133,9 +219,9 @@ def test_roc_chart_is_log_log_and_the_loss_attack_reads_confident_members(settin
     assert chart.series[-1].x[0] == pytest.approx(1 / NON_MEMBERS)
     assert all(t > 0 for s in chart.series for t in s.y)
     assert confidence.auc > 0.5
-    with torch.no_grad():  # the float32 loss ties members at exactly 0: no threshold separates them
-        float32_loss = nn.functional.cross_entropy(setting.victim(setting.x), setting.y, reduction="none")
-    assert int((float32_loss[setting.members] == 0).sum()) > 0
+    # the float32 loss ties members at exactly 0 (no threshold separates them): 2/6/8 members (min/median/max)
+    # in the seed study of the tests above
+    assert _median(setting, runs)["members at float32 loss 0"] > 0
     assert len(loss.scores.unique()) == len(loss.scores)
 
 
