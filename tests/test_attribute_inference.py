@@ -19,6 +19,8 @@ from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 torch.set_num_threads(1)  # as the membership tests: a one-thread session runs the same whatever is collected
 BINARY = torch.tensor([0.0, 1.0])
 

@@ -41,6 +41,8 @@ from aisec.data.dataset import LabelledData
 from aisec.defend.robustness.dp_training import DPTrainingResult, fit_with_dp, train_dp
 from aisec.targets.torch_target import TorchTarget
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 torch.set_num_threads(1)
 EPS = 4.0
 DP_RECIPE = {"target_epsilon": EPS, "epochs": 30, "lr": 0.1, "batch_size": 100}

@@ -14,6 +14,8 @@ from aisec.data.builtin import Split, load_builtin
 from aisec.defend.robustness.dp_training import DPTrainingResult, train_dp
 from aisec.demo.models import digits_cnn
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 torch.set_num_threads(1)
 SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
 

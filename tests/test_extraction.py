@@ -25,6 +25,8 @@ from aisec.targets.callable_target import CallableTarget
 from aisec.targets.sklearn_models import sklearn_target
 from aisec.targets.views import label_only, scores_only
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 torch.set_num_threads(1)  # as the membership tests: a one-thread session runs the same whatever is collected
 FLAT = {"breast_cancer": InputSpec((30,), 2), "digits": InputSpec((64,), 10)}
 

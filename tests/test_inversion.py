@@ -23,6 +23,8 @@ from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only, scores_only
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 torch.set_num_threads(1)  # as the membership tests: a one-thread session runs the same whatever is collected
 SPEC = InputSpec((1, 8, 8), 10)
 SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more

@@ -45,6 +45,8 @@ from aisec.targets.callable_target import CallableTarget
 from aisec.targets.torch_target import TorchTarget
 from aisec.targets.views import label_only
 
+pytestmark = pytest.mark.training  # its figures depend on trained models
+
 torch.set_num_threads(1)
 SHADOWS = 64
 FIT = functools.partial(fit, epochs=100)
