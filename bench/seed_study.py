@@ -44,6 +44,7 @@ def _worker(module: str, seeds: list[int], threads: int) -> None:
     torch.set_num_threads(threads)
     sys.path.insert(0, str(TESTS))
     figures = importlib.import_module(module).figures
+    print(json.dumps({"threads": torch.get_num_threads()}), flush=True)  # a module may set its own
     for seed in seeds:
         start = time.perf_counter()
         values = figures(seed)
@@ -58,7 +59,9 @@ def _study(module: str, seeds: list[int], capability: str, threads: int) -> list
     seeds_arg = ",".join(map(str, seeds))
     command = [sys.executable, __file__, module, "--seeds", seeds_arg, "--threads", str(threads), "--worker"]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    print(f"  {capability}: torch ran on {lines[0]['threads']} thread(s)", flush=True)
+    rows = lines[1:]
     for row in rows:
         print(f"  {capability:8} seed {row['seed']:3d}: " + ", ".join(
             f"{k} {v:.3f}" for k, v in row.items() if k not in ("seed", "seconds")
@@ -81,7 +84,7 @@ def main() -> None:
         _worker(args.module, seeds, args.threads)
         return
     every: dict[str, list[float]] = {}
-    print(f"# {args.module}.figures over seeds {args.seeds}, {args.threads} torch thread(s)")
+    print(f"# {args.module}.figures over seeds {args.seeds}")
     for capability in args.capabilities.split(","):
         rows = _study(args.module, seeds, capability, args.threads)
         for name in rows[0]:
