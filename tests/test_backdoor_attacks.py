@@ -126,7 +126,8 @@ def test_badnets_patch_figure(study: list[dict[str, float]]) -> None:
 
 @pytest.mark.slow
 def test_badnets_patch_figure_over_seeds(digits: Split, clean_accuracy: float) -> None:
-    """The report's per-seed table: 10 poison draws at 1 % (measured ASR >= 0.971), 3 at 5 % (>= 0.998)."""
+    """The report's per-seed table: 10 poison draws at 1 % (measured ASR 0.967-1.000), 3 at 5 % (1.000), clean
+    accuracy 0.980-0.991 against the clean model's 0.996 (native kernels, one thread)."""
     table = {
         (rate, seed): backdoor(digits, PATCH, rate, seed, select="typical")
         for rate, seeds in ((0.01, range(1, 11)), (0.05, range(1, 4)))
@@ -143,7 +144,8 @@ def test_badnets_patch_figure_over_seeds(digits: Split, clean_accuracy: float) -
 
 @pytest.mark.slow
 def test_random_poisons_are_weaker_at_one_percent(digits: Split) -> None:
-    """The same patch with uniformly drawn poisons (measured ASR 0.80-0.99 over 10 draws, mean 0.91)."""
+    """The same patch with uniformly drawn poisons (measured ASR 0.77-0.99 over these 5 draws, mean 0.91;
+    typical poisons 0.967-1.000)."""
     typical = [backdoor(digits, PATCH, 0.01, seed, select="typical")[0] for seed in range(1, 6)]
     uniform = [backdoor(digits, PATCH, 0.01, seed)[0] for seed in range(1, 6)]
     print(
@@ -166,8 +168,8 @@ def test_random_poisons_are_weaker_at_one_percent(digits: Split) -> None:
 def test_blend_and_warp_figures(
     digits: Split, clean_accuracy: float, trigger: Trigger, ranges: dict[float, tuple[float, float]]
 ) -> None:
-    """Random poisons, generator seed 1 (measured ASR blend 0.29 / 0.944 / 0.998, warp 0.848 / 0.984 / 0.99 at
-    1 / 5 / 10 %): the blend needs more than 1 % on 8x8 digits, the warp nearly reaches 90 % there."""
+    """Random poisons, generator seed 1 (measured ASR blend 0.216 / 0.986 / 0.998, warp 0.903 / 0.994 / 0.996
+    at 1 / 5 / 10 %): the blend needs more than 1 % on 8x8 digits, the warp reaches about 90 % there."""
     for rate, (least, most) in ranges.items():
         success, clean = backdoor(digits, trigger, rate, 1)
         print(trigger.name, rate, round(success, 3), round(clean, 3))

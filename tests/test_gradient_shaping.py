@@ -50,7 +50,7 @@ def _cnn(seed: int = 0) -> torch.nn.Module:
     return build_model(digits_cnn, seed)
 
 
-def figures(seed: int) -> dict[str, float]:
+def one_percent_figures(seed: int) -> dict[str, float]:
     """A 1 % BadNets training set (13 of 1257 samples): the plain victim, and the same set trained with the
     default gradient shaping, both from the seed (one torch thread, as the tests run it)."""
     threads = torch.get_num_threads()
@@ -70,12 +70,42 @@ def figures(seed: int) -> dict[str, float]:
     }
 
 
+def larger_fraction_figures(seed: int) -> dict[str, float]:
+    """BadNets at 5 and 10 % and random flips of 20 % of the labels, plain and with the default gradient
+    shaping, all drawn from the seed (one torch thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        test, out = victims.digits().test, {}
+        for rate in (0.05, 0.1):
+            plain = measure_backdoor(victims.badnets_victim(seed, rate), test, TRIGGER, 0)
+            result = train_with_gradient_shaping(_cnn(seed), victims.badnets_set(seed, rate).data, seed=seed)
+            shaped = measure_backdoor(result.model, test, TRIGGER, 0)
+            out |= {
+                f"plain_success@{rate}": plain.attack_success,
+                f"shaped_success@{rate}": shaped.attack_success,
+                f"shaped_clean@{rate}": shaped.clean_accuracy,
+            }
+        flips = random_label_flip(victims.digits().train, 0.2, generator=torch.Generator().manual_seed(seed))
+        out["plain_clean"] = accuracy(victims.clean_model(seed), test)
+        out["plain_flips@0.2"] = accuracy(victims.train(flips.data, seed), test)
+        shaped_flips = train_with_gradient_shaping(_cnn(seed), flips.data, seed=seed).model
+        out["shaped_flips@0.2"] = accuracy(shaped_flips, test)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def figures(seed: int) -> dict[str, float]:
+    return one_percent_figures(seed) | larger_fraction_figures(seed)
+
+
 def test_gradient_shaping_cuts_a_one_percent_backdoor():
     """Seed study (bench/seed_study.py test_gradient_shaping --seeds 0-4 --threads 1, under native AVX-512,
     default and AVX2 kernels, n=15): plain training 0.88-0.99 attack success (median 0.94); gradient shaping
     0.11-0.38 (0.27) at a clean accuracy of 0.91-0.94; epsilon 30.3 (the settings fix it). Asserted on the
     median of three seeds (0.288 on every kernel set)."""
-    runs = [figures(seed) for seed in SEEDS]
+    runs = [one_percent_figures(seed) for seed in SEEDS]
     median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
     assert median["plain_success"] > 0.8
     assert median["shaped_success"] < 0.4
@@ -176,25 +206,42 @@ EXPECTED = {
 
 @pytest.mark.slow
 def test_plain_training_learns_every_poison(digits):
-    for rate in (0.01, 0.05, 0.1):
-        plain = measure_backdoor(fit(_cnn(), _badnets(digits, rate), seed=0), digits.test, TRIGGER, 0)
-        assert plain.attack_success > 0.9 and plain.clean_accuracy > 0.97
+    row = {
+        rate: measure_backdoor(fit(_cnn(), _badnets(digits, rate), seed=0), digits.test, TRIGGER, 0)
+        for rate in (0.01, 0.05, 0.1)
+    }
     flipped = random_label_flip(digits.train, 0.2, generator=torch.Generator().manual_seed(1)).data
-    assert accuracy(fit(_cnn(), flipped, seed=0), digits.test) < 0.85  # measured 0.800
+    flips = accuracy(fit(_cnn(), flipped, seed=0), digits.test)
+    print(
+        "plain Adam: BadNets (attack success, clean accuracy)",
+        {rate: (round(m.attack_success, 3), round(m.clean_accuracy, 3)) for rate, m in row.items()},
+        "accuracy under 20 % flips",
+        round(flips, 3),
+    )
+    assert all(m.attack_success > 0.9 and m.clean_accuracy > 0.97 for m in row.values())
+    assert flips < 0.85
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SETTINGS)
 def test_gradient_shaping_blunts_only_a_small_poisoned_fraction(digits, name):
     config, (max_asr, min_clean, min_flipped) = SETTINGS[name], EXPECTED[name]
-    one = measure_backdoor(
-        train_with_gradient_shaping(_cnn(), _badnets(digits, 0.01), config).model, digits.test, TRIGGER, 0
-    )
-    assert one.attack_success < max_asr and one.clean_accuracy >= min_clean
-    for rate in (0.05, 0.1):  # a larger poisoned fraction outweighs the clipping and the noise
-        many = measure_backdoor(
-            train_with_gradient_shaping(_cnn(), _badnets(digits, rate), config).model, digits.test, TRIGGER, 0
-        )
-        assert many.attack_success > 0.9
+    row, epsilon = {}, None
+    for rate in (0.01, 0.05, 0.1):
+        shaped = train_with_gradient_shaping(_cnn(), _badnets(digits, rate), config)
+        row[rate] = measure_backdoor(shaped.model, digits.test, TRIGGER, 0)
+        epsilon = epsilon or shaped.epsilon
     flipped = random_label_flip(digits.train, 0.2, generator=torch.Generator().manual_seed(1)).data
-    assert accuracy(train_with_gradient_shaping(_cnn(), flipped, config).model, digits.test) >= min_flipped
+    flips = accuracy(train_with_gradient_shaping(_cnn(), flipped, config).model, digits.test)
+    print(
+        f"shaping {name}: BadNets (attack success, clean accuracy)",
+        {rate: (round(m.attack_success, 3), round(m.clean_accuracy, 3)) for rate, m in row.items()},
+        "accuracy under 20 % flips",
+        round(flips, 3),
+        "epsilon",
+        round(epsilon, 1),
+    )
+    assert row[0.01].attack_success < max_asr and row[0.01].clean_accuracy >= min_clean
+    # a larger poisoned fraction outweighs the clipping and the noise
+    assert row[0.05].attack_success > 0.9 and row[0.1].attack_success > 0.9
+    assert flips >= min_flipped

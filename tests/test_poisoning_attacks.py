@@ -125,31 +125,49 @@ def test_label_flip_figures() -> None:
     assert median["others_accuracy_lost"] < 0.03
 
 
-@pytest.mark.slow
-def test_label_flip_sweep(digits: Split, clean_model: nn.Module) -> None:
-    """The tables of the report: accuracy vs fraction flipped (random), source-class accuracy (targeted)."""
-    clean = accuracy(clean_model, digits.test)
-    random_acc = {}
-    for rate in (0.05, 0.1, 0.2, 0.4):
-        model = victim(random_label_flip(digits.train, rate, generator=torch.Generator().manual_seed(0)).data)
-        random_acc[rate] = accuracy(model, digits.test)
-    print("random flips: clean", round(clean, 4), {r: round(a, 4) for r, a in random_acc.items()})
-    assert all(a < clean for a in random_acc.values())
-    assert random_acc[0.4] < random_acc[0.05] - 0.03
+def label_flip_sweep(seed: int) -> dict[str, float]:
+    """The report's tables on the seed's victims: test accuracy under random flips of 5-40 % of the labels, and
+    the accuracy on 8s and on the other classes under targeted flips 8 -> 1 of 2-8 % of the set."""
+    digits = victims.digits()
     eights = digits.test.y == 8
-    source_acc = {}
+    clean_model = victims.clean_model(seed)
+    out = {
+        "clean": accuracy(clean_model, digits.test),
+        "clean_others": class_accuracy(clean_model, digits.test, ~eights),
+    }
+    for rate in (0.05, 0.1, 0.2, 0.4):
+        flipped = random_label_flip(digits.train, rate, generator=torch.Generator().manual_seed(seed))
+        out[f"random@{rate}"] = accuracy(victim(flipped.data, seed), digits.test)
     for rate in (0.02, 0.04, 0.06, 0.08):
         p = targeted_label_flip(
-            digits.train, rate, source=8, target=1, generator=torch.Generator().manual_seed(0)
+            digits.train, rate, source=8, target=1, generator=torch.Generator().manual_seed(seed)
         )
-        model = victim(p.data)
-        source_acc[rate] = (
-            class_accuracy(model, digits.test, eights),
-            class_accuracy(model, digits.test, ~eights),
-        )
-    print("targeted 8->1: (8s, others)", {r: (round(s, 3), round(o, 3)) for r, (s, o) in source_acc.items()})
-    assert source_acc[0.08][0] < 0.3 and source_acc[0.02][0] > source_acc[0.08][0] + 0.3
-    assert all(o > class_accuracy(clean_model, digits.test, ~eights) - 0.03 for _, o in source_acc.values())
+        model = victim(p.data, seed)
+        out[f"eights@{rate}"] = class_accuracy(model, digits.test, eights)
+        out[f"others_lost@{rate}"] = out["clean_others"] - class_accuracy(model, digits.test, ~eights)
+    return out
+
+
+@pytest.mark.slow
+def test_label_flip_sweep() -> None:
+    """The tables of the report: accuracy vs fraction flipped (random), source-class accuracy (targeted).
+    Seed study (bench/seed_study.py test_poisoning_attacks --seeds 0-4 --threads 1, under native AVX-512,
+    default and AVX2 kernels, n=15): clean accuracy 0.981-0.996; random flips of 5 / 10 / 20 / 40 % leave
+    0.933-0.972 / 0.887-0.937 / 0.774-0.852 / 0.598-0.693; targeted flips of 2 / 4 / 6 / 8 % of the set leave
+    the 8s 0.52-0.87 / 0.44-0.77 / 0.06-0.64 / 0.04-0.27, and cost the other classes -0.010..0.033 (median
+    0.004). A single run can lose 0.033 there (seed 0 at 2 %, native kernels), so the other classes' loss is
+    asserted, like the rest, on the median of three seeds (at most 0.020 on every kernel set)."""
+    runs = [label_flip_sweep(seed) for seed in SEEDS]
+    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    for seed, run in zip(SEEDS, runs, strict=True):
+        print(f"seed {seed}:", {name: round(value, 3) for name, value in run.items()})
+    print("median:", {name: round(value, 3) for name, value in median.items()})
+    random_rates, targeted_rates = (0.05, 0.1, 0.2, 0.4), (0.02, 0.04, 0.06, 0.08)
+    assert all(median[f"random@{rate}"] < median["clean"] for rate in random_rates)
+    assert median["random@0.4"] < median["random@0.05"] - 0.03  # medians 0.646-0.672 against 0.941-0.954
+    assert median["eights@0.08"] < 0.3  # medians 0.058-0.077
+    assert median["eights@0.02"] > median["eights@0.08"] + 0.3  # medians 0.712-0.846
+    assert all(median[f"others_lost@{rate}"] < 0.03 for rate in targeted_rates)
 
 
 # --- feature collision ------------------------------------------------------------------------------------
@@ -219,7 +237,7 @@ def feature_collision_figures(seed: int) -> dict[str, float]:
 
 
 def figures(seed: int) -> dict[str, float]:
-    return label_flip_figures(seed) | feature_collision_figures(seed)
+    return label_flip_figures(seed) | feature_collision_figures(seed) | label_flip_sweep(seed)
 
 
 def test_feature_collision_figure() -> None:

@@ -99,10 +99,11 @@ def test_threshold_is_the_clean_quantile(badnets, halves):
     [
         (BlendTrigger(), 0.95),
         (WarpTrigger(), 0.8),
-    ],  # measured AUC 0.982 and 0.872 (detection 0.27 and 0.49 at 1 % FRR)
+    ],  # measured AUC 0.995 and 0.876 (detection 0.89 and 0.41 at 1 % FRR; one run, native kernels)
 )
 def test_strip_on_blend_and_warp(digits, halves, trigger, min_auc):
     _, result = _evaluate(_backdoored(digits, trigger), halves, trigger)
+    print(trigger.name, f"detection {result.detection_rate:.3f}, FRR {result.frr:.3f}, AUC {result.auc:.3f}")
     assert result.auc >= min_auc
 
 
