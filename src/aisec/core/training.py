@@ -68,6 +68,11 @@ class TrainingConfig:
     weight_decay: float = 0.0
 
 
+# Opacus warns when the best RDP order it tried is its largest: the epsilon it reports is then a valid upper
+# bound that a wider range of orders would only tighten, not a wrong one, so a user need not see it.
+LARGEST_ORDER_WARNING = "Optimal order is the largest alpha"
+
+
 @dataclass(frozen=True)
 class PrivateTraining:
     """DP-SGD: per-example gradients clipped to `max_grad_norm`, Gaussian noise of standard deviation
@@ -148,9 +153,10 @@ def train(
     if accountant is None:
         return TrainingResult(result_model, config.epochs, steps)
     delta = private.delta if private is not None and private.delta is not None else 1.0 / (10 * n)
-    return TrainingResult(
-        result_model, config.epochs, steps, float(accountant.get_epsilon(delta)), delta, sample_rate
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=LARGEST_ORDER_WARNING, category=UserWarning)
+        epsilon = float(accountant.get_epsilon(delta))
+    return TrainingResult(result_model, config.epochs, steps, epsilon, delta, sample_rate)
 
 
 def fit(

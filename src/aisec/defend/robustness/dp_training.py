@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from aisec.core.errors import BadInputError
-from aisec.core.training import PrivateTraining, TrainingConfig, train
+from aisec.core.training import LARGEST_ORDER_WARNING, PrivateTraining, TrainingConfig, train
 from aisec.data.dataset import LabelledData
 
 
@@ -96,10 +97,12 @@ def _noise_multiplier(target_epsilon: float, delta: float, sample_rate: float, e
     except ImportError:
         raise BadInputError("DP training needs Opacus: pip install 'aisec[privacy]'") from None
 
-    return get_noise_multiplier(
-        target_epsilon=target_epsilon,
-        target_delta=delta,
-        sample_rate=sample_rate,
-        epochs=epochs,
-        accountant="rdp",
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=LARGEST_ORDER_WARNING, category=UserWarning)
+        return get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            epochs=epochs,
+            accountant="rdp",
+        )
