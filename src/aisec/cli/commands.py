@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from aisec.cli import supply_chain as cli_supply_chain
-from aisec.cli.support import console, guarded
+from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
 from aisec.core.version import __version__
 from aisec.report import FILE_NAMES
@@ -105,7 +105,7 @@ def _summarise(assessment: Assessment, paths: dict[str, Path]) -> None:
     verdict = "[green]policy held[/green]" if assessment.passed else "[red]policy broken[/red]"
     console.print(f"{verdict}; reports:")
     for kind, path in paths.items():
-        console.print(f"  {kind:6} {path}")
+        console.print(f"  {kind:6} {plain(path)}")
 
 
 @app.command()
@@ -161,7 +161,7 @@ def demo(
             plan_path, assessment = run_demo(output, progress, full=full)
         paths = write_reports(assessment, output, FORMATS)
         _summarise(assessment, paths)
-        console.print(f"plan used: {plan_path}\nopen {paths['html']}")
+        console.print(f"plan used: {plain(plan_path)}\nopen {plain(paths['html'])}")
         return EXIT_OK
 
     guarded(run)

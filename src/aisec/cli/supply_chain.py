@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from aisec.cli.scan import FORMATS, SEVERITIES, ScanOptions, run_scan
-from aisec.cli.support import console, guarded
+from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 
 
@@ -59,7 +59,7 @@ def keygen(
         from aisec.defend.supply_chain.signing import generate_key_pair
 
         generate_key_pair(private_key, public_key)
-        console.print(f"private key: {private_key} (keep it secret)\npublic key:  {public_key}")
+        console.print(f"private key: {plain(private_key)} (keep it secret)\npublic key:  {plain(public_key)}")
         return EXIT_OK
 
     guarded(run)
@@ -98,16 +98,18 @@ def verify(
 
         result = verify_model(model, key, signature)
         if result.ok:
-            console.print(f"[green]verified[/green] {model} (digest {result.model_digest})")
+            console.print(f"[green]verified[/green] {plain(model)} (digest {result.model_digest})")
             return EXIT_OK
-        console.print(f"[red]verification failed[/red] for {model}: {result.message}", highlight=False)
+        console.print(
+            f"[red]verification failed[/red] for {plain(model)}: {plain(result.message)}", highlight=False
+        )
         for label, names in (
             ("added", result.added),
             ("removed", result.removed),
             ("changed", result.changed),
         ):
             for name in names:
-                console.print(f"  {label:8} {name}", highlight=False)
+                console.print(f"  {label:8} {plain(name)}", highlight=False)
         return EXIT_POLICY_FAILED
 
     guarded(run)
@@ -139,7 +141,9 @@ def bom(
         document = build_bom(model, scan=list(report.files), datasets=refs, framework=framework, name=name,
                              version=version)  # fmt: skip
         write_bom(document, output)
-        console.print(f"wrote {output} ({len(report.files)} file(s); scan verdict {report.verdict.value})")
+        console.print(
+            f"wrote {plain(output)} ({len(report.files)} file(s); scan verdict {report.verdict.value})"
+        )
         return EXIT_OK
 
     guarded(run)

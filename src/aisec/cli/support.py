@@ -32,19 +32,27 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def plain(value: object) -> str:
+    """`value` as text that rich prints literally: a path or message with brackets (`aisec[sign]`, `out[1]/`)
+    is not read as markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def run_guarded(run: Callable[[], int]) -> int:
     """Run a command and return its exit code; aisec's errors become one line, never a traceback."""
     try:
         return run()
     except AisecError as e:
-        stderr_console().print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        stderr_console().print(f"[red]error:[/red] {plain(e)}", highlight=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         stderr_console().print("[yellow]interrupted[/yellow]: nothing was written")
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug in aisec: say so plainly, exit 3
         stderr_console().print(
-            f"[red]internal error[/red] ({type(e).__name__}: {e}); please report it. Nothing was written."
+            f"[red]internal error[/red] ({type(e).__name__}: {plain(e)}); please report it. Nothing was written."
         )
         if "--debug" in sys.argv:
             raise
