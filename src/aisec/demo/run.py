@@ -2,7 +2,7 @@
 
 The plan runs every probe (evasion, extraction, inversion, membership inference, poisoning, backdoors) with every
 defence measured beside the model as served (output hardening, DP-SGD, gradient shaping): at small settings by
-default, in about two minutes on two CPU cores; thoroughly with `full=True` (`aisec demo --full`).
+default, in under two minutes on two CPU cores (91-93 s measured); thoroughly with `full=True` (`aisec demo --full`).
 """
 
 from __future__ import annotations
