@@ -139,7 +139,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(workdir, case):
 
 def test_an_error_prints_brackets_literally(workdir):
     """Messages go through rich: a path or extra with brackets must not be read as markup and vanish."""
-    plan = write_plan(workdir, "brackets.yaml", data={"path": "digits[v2].npz", "builtin": None, "samples": None})
+    plan = write_plan(
+        workdir, "brackets.yaml", data={"path": "digits[v2].npz", "builtin": None, "samples": None}
+    )
     result = run("assess", str(plan), "--output", str(workdir / "out-brackets"))
     assert result.exit_code == 2, result.output
     assert "digits[v2].npz" in result.output
