@@ -50,16 +50,21 @@ demo: $(DEMO_STAMP)
 	$(BIN)/aisec scan $(OUT)/model --json $(OUT)/scan.json --sarif $(OUT)/scan.sarif
 	$(BIN)/aisec bom $(OUT)/model --output $(OUT)/bom.cdx.json --framework pytorch --dataset digits
 
+# Test workers (pytest-xdist), one per core; each test module runs whole on one worker, so module fixtures are
+# built once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m ""
+	$(PYTEST) -m ""
 
 # The tests whose figures come from trained models, again under torch's portable kernels: float rounding (so
 # every training run) then differs as on a CPU without AVX. A threshold read off one machine fails here.
 test-portable: $(STAMP)
-	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q -m "training and not slow"
+	ATEN_CPU_CAPABILITY=default $(PYTEST) -m "training and not slow"
 
 bench: $(VENV)/.aisec-bench
 	$(BIN)/python bench/evasion.py

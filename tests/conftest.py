@@ -7,6 +7,8 @@ them a second time under torch's portable kernels (`make test-portable`), where 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -18,7 +20,8 @@ from aisec.demo.models import digits_cnn
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 
-torch.set_num_threads(2)
+# `make test` runs two pytest workers on the two cores (pytest-xdist): one torch thread each; two alone.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 DIGITS_SPEC = InputSpec((1, 8, 8), 10)
 
 
