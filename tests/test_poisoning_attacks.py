@@ -204,6 +204,10 @@ def collision_trial(model: nn.Module, digits: Split, trial: int, count: int) -> 
 
 
 def test_feature_collision_poisons_keep_their_labels(digits: Split, clean_model: nn.Module) -> None:
+    """The poisons keep their base labels and land near the target in feature space. Seed study (a temporary
+    figures() over this test's setting on the seeds' clean models, seeds 0-4 under native AVX-512, default
+    and AVX2 kernels, one thread, n=15): the median poison's feature distance is 0.009-0.147 of its base's,
+    the farthest poison's 0.018-0.226 (once more than 0.2: every poison under 0.2 fails on some CPUs)."""
     target = digits.test.x[0]
     attack = feature_collision(extractor(clean_model), digits.train, target, 3, count=5, opacity=0.3)
     p = attack.poisoned
@@ -212,7 +216,8 @@ def test_feature_collision_poisons_keep_their_labels(digits: Split, clean_model:
     assert torch.equal(p.data.x[p.indices], attack.poisons)
     assert torch.equal(p.data.x[~p.poisoned], digits.train.x[~p.poisoned])
     assert attack.poisons.min() >= 0 and attack.poisons.max() <= 1
-    assert (attack.feature_distance < 0.2 * attack.base_distance).all()
+    ratio = attack.feature_distance / attack.base_distance
+    assert ratio.median() < 0.2 and (ratio < 0.5).all()
 
 
 def test_retrain_last_layer_touches_only_the_head(digits: Split, clean_model: nn.Module) -> None:
