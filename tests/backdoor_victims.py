@@ -21,7 +21,6 @@ from aisec.demo.models import digits_cnn
 
 PATCH = PatchTrigger(size=3, pattern="square")
 TARGET = 0
-SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
 
 
 @functools.cache

@@ -7,8 +7,6 @@ them a second time under torch's portable kernels (`make test-portable`), where 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -20,8 +18,10 @@ from aisec.demo.models import digits_cnn
 from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 
-# `make test` runs two pytest workers on the two cores (pytest-xdist): one torch thread each; two alone.
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+# One torch thread for the whole session, set here only: `make test` runs a pytest worker per core, the seed
+# studies measure the figures at one thread (`bench/seed_study.py --threads 1`), and Opacus's many small kernels
+# ran about 20 times slower on two threads of a busy 2-core machine.
+torch.set_num_threads(1)
 DIGITS_SPEC = InputSpec((1, 8, 8), 10)
 
 

@@ -4,10 +4,10 @@ attribute; a model of a correlated attribute leaks nothing that imputation does 
 from __future__ import annotations
 
 import functools
-import statistics
 
 import pytest
 import torch
+from seed_figures import SEEDS, median_figures
 
 from aisec.attacks.inference.attribute import infer_attribute
 from aisec.core.errors import BadInputError, CapabilityError
@@ -21,15 +21,11 @@ from aisec.targets.views import label_only
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
 
-torch.set_num_threads(1)  # as the membership tests: a one-thread session runs the same whatever is collected
 BINARY = torch.tensor([0.0, 1.0])
 
 
 def _mlp(features: int) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(features, 256), torch.nn.ReLU(), torch.nn.Linear(256, 2))
-
-
-SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
 
 
 def _memorised(seed: int) -> tuple[TorchTarget, torch.Tensor, torch.Tensor]:
@@ -95,12 +91,6 @@ def figures(seed: int) -> dict[str, float]:
     return _leak(*_memorised(seed)) | _correlated(seed)
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    for seed, run in zip(SEEDS, runs, strict=True):
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()))
-    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-
-
 @pytest.fixture(scope="module")
 def memorised():
     return _memorised(0)
@@ -112,7 +102,7 @@ def test_memorised_members_leak_their_attribute(memorised):
     and advantage over the best baseline +0.23/+0.26/+0.34 (min/median/max), non-members' advantage
     -0.19/-0.04/+0.05. Asserted on the median of three seeds."""
     models = [memorised] + [_memorised(seed) for seed in SEEDS[1:]]  # the fixture is seed 0's
-    median = _median([_leak(*model) for model in models])
+    median = median_figures([_leak(*model) for model in models])
     assert median["members advantage"] >= 0.15
     assert median["non-members advantage"] <= 0.1  # non-members gain nothing
 
@@ -126,7 +116,7 @@ def test_a_correlated_attribute_leaks_no_more_than_imputation():
     baseline -0.69/-0.085/-0.055 (min/median/max), imputation accuracy 0.895/0.925/0.935. The attack's own
     accuracy is fragile, 0.23/0.84/0.85 (two of five seeds' models, 0.23 and 0.625, give the attribute
     away backwards), so it is not asserted. Asserted on the median of three seeds."""
-    median = _median([_correlated(seed) for seed in SEEDS])
+    median = median_figures([_correlated(seed) for seed in SEEDS])
     assert median["correlated imputation accuracy"] >= 0.85
     assert median["correlated advantage"] <= 0.0  # the model adds nothing to imputation
 

@@ -9,7 +9,7 @@ import statistics
 import backdoor_victims as victims
 import pytest
 import torch
-from backdoor_victims import SEEDS
+from seed_figures import SEEDS
 from torch import nn
 
 from aisec.attacks.backdoor.plant import TYPICAL_SHARE, plant_backdoor

@@ -21,11 +21,10 @@ shadow model of one recipe shares, has been found (1-3 s, cached).
 from __future__ import annotations
 
 import functools
-import statistics
 
 import pytest
-import torch
 from membership_split import MEMBERS, SPEC, MembershipSplit, membership_split, mlp
+from seed_figures import SEEDS, median_figures
 from torch import nn
 
 from aisec.attacks.inference.membership import (
@@ -43,12 +42,10 @@ from aisec.targets.torch_target import TorchTarget
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
 
-torch.set_num_threads(1)
 EPS = 4.0
 DP_RECIPE = {"target_epsilon": EPS, "epochs": 30, "lr": 0.1, "batch_size": 100}
 
 
-SEEDS = (0, 1, 2)  # the victim seeds a test asserts over (one shared set of shadow models); studies run more
 SHADOW_SEED = 0
 
 
@@ -101,12 +98,6 @@ def figures(seed: int) -> dict[str, float]:
     return _accuracies(split, dp.model, plain) | _attack(split, dp.model, shadows)
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    for seed, run in zip(SEEDS, runs, strict=True):
-        print(f"victim seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()))
-    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-
-
 class Setting:
     """tests/test_membership.py's split; per seed of SEEDS, the DP victim and the same architecture trained
     without DP."""
@@ -137,7 +128,7 @@ def test_dp_model_spends_its_budget_and_pays_in_accuracy(setting: Setting) -> No
         _accuracies(setting.split, dp.model, plain)
         for dp, plain in zip(setting.dp, setting.plain, strict=True)
     ]
-    median = _median(runs)
+    median = median_figures(runs, label="victim seed")
     assert median["plain test accuracy"] >= 0.9
     assert median["DP test accuracy"] >= 0.7  # still a useful model
     assert 0.1 <= median["accuracy paid"] <= 0.25
@@ -159,7 +150,9 @@ def test_lira_is_at_chance_on_the_dp_model(setting: Setting, n_shadows: int) -> 
     shadow models against the same thresholds)."""
     shadows = _shadows(setting.split, setting.target(), n_shadows, SHADOW_SEED)
     print(f"\nepsilon {setting.dp[0].epsilon:.3f}, {n_shadows} DP shadow models")
-    median = _median([_attack(setting.split, dp.model, shadows) for dp in setting.dp])
+    median = median_figures(
+        [_attack(setting.split, dp.model, shadows) for dp in setting.dp], label="victim seed"
+    )
     assert median["LiRA online AUC"] < 0.58
     for attack in ("LiRA offline", "loss"):
         assert median[f"{attack} AUC"] < 0.62

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
-import torch
+from seed_figures import SEEDS
 
 from aisec.core.errors import BadInputError
 from aisec.core.seeding import build_model
@@ -15,9 +15,6 @@ from aisec.defend.robustness.dp_training import DPTrainingResult, train_dp
 from aisec.demo.models import digits_cnn
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
-
-torch.set_num_threads(1)
-SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
 
 
 def _train(digits: Split, seed: int) -> DPTrainingResult:

@@ -4,12 +4,12 @@ active queries, with the transfer of PGD examples from the surrogate to the vict
 
 from __future__ import annotations
 
-import statistics
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from seed_figures import SEEDS, median_figures
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
@@ -27,7 +27,6 @@ from aisec.targets.views import label_only, scores_only
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
 
-torch.set_num_threads(1)  # as the membership tests: a one-thread session runs the same whatever is collected
 FLAT = {"breast_cancer": InputSpec((30,), 2), "digits": InputSpec((64,), 10)}
 
 
@@ -116,7 +115,6 @@ def test_label_only_extraction(name, budget, splits, logistic):
 DIGITS = InputSpec((1, 8, 8), 10)
 
 
-SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
 VIEWS = {"scores": scores_only, "labels": label_only}
 SOURCES = {"natural": "natural", "synthetic": "synthetic", "active": "active", "active pool": "active"}
 
@@ -168,12 +166,6 @@ def figures(seed: int) -> dict[str, float]:
             | _transfer(victim, split, seed))  # fmt: skip
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    for seed, run in zip(SEEDS, runs, strict=True):
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()))
-    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-
-
 @pytest.fixture(scope="module")
 def victims(splits) -> list[Target]:
     return [_mlp_victim(splits["digits"], seed) for seed in SEEDS]
@@ -210,7 +202,7 @@ def test_learning_based_extraction_at_a_fixed_budget(view, splits, victims):
     runs = [
         _agreements(victim, view, splits["digits"], seed) for seed, victim in zip(SEEDS, victims, strict=True)
     ]
-    median = _median(runs)
+    median = median_figures(runs)
     for name, floor in FLOORS[view].items():
         assert median[f"{view} {name}"] >= floor, (name, median)
     assert median[f"{view} active"] >= median[f"{view} synthetic"]
@@ -221,7 +213,7 @@ def test_surrogate_examples_transfer_to_the_victim(splits, victims):
     """Seed study (bench/seed_study.py test_extraction, seeds 0-4 under native AVX-512, default and AVX2
     kernels, n=15): every PGD example fools its surrogate; transfer rate to the victim 0.221/0.261/0.362
     (min/median/max). Asserted on the median of three seeds."""
-    median = _median(
+    median = median_figures(
         [_transfer(victim, splits["digits"], seed) for seed, victim in zip(SEEDS, victims, strict=True)]
     )
     assert median["fooled surrogate"] >= 0.9

@@ -8,7 +8,8 @@ import statistics
 import backdoor_victims as victims
 import pytest
 import torch
-from backdoor_victims import SEEDS, badnets_victim
+from backdoor_victims import badnets_victim
+from seed_figures import SEEDS
 from torch import nn
 
 from aisec.attacks.backdoor.success import measure_backdoor

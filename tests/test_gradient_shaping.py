@@ -6,12 +6,11 @@ from __future__ import annotations
 import functools
 import math
 import pickle
-import statistics
 
 import backdoor_victims as victims
 import pytest
 import torch
-from backdoor_victims import SEEDS
+from seed_figures import SEEDS, median_figures
 
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.training  # its figures depend on trained models
 TRIGGER = victims.PATCH
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Opacus's per-example gradients are many small kernels: on a busy 2-core machine two threads ran them
-    about 20 times slower than one (7 s against 0.33 s for a one-epoch fit), so this module uses one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _badnets(digits, rate: float) -> LabelledData:
     return plant_backdoor(digits.train, TRIGGER, 0, rate, generator=torch.Generator().manual_seed(1)).data
 
@@ -53,14 +42,9 @@ def _cnn(seed: int = 0) -> torch.nn.Module:
 def one_percent_figures(seed: int) -> dict[str, float]:
     """A 1 % BadNets training set (13 of 1257 samples): the plain victim, and the same set trained with the
     default gradient shaping, both from the seed (one torch thread, as the tests run it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        test, poisoned = victims.digits().test, victims.badnets_set(seed, 0.01)
-        plain = measure_backdoor(victims.badnets_victim(seed, 0.01), test, TRIGGER, 0)
-        result = train_with_gradient_shaping(_cnn(seed), poisoned.data, seed=seed)
-    finally:
-        torch.set_num_threads(threads)
+    test, poisoned = victims.digits().test, victims.badnets_set(seed, 0.01)
+    plain = measure_backdoor(victims.badnets_victim(seed, 0.01), test, TRIGGER, 0)
+    result = train_with_gradient_shaping(_cnn(seed), poisoned.data, seed=seed)
     shaped = measure_backdoor(result.model, test, TRIGGER, 0)
     return {
         "plain_success": plain.attack_success,
@@ -73,26 +57,21 @@ def one_percent_figures(seed: int) -> dict[str, float]:
 def larger_fraction_figures(seed: int) -> dict[str, float]:
     """BadNets at 5 and 10 % and random flips of 20 % of the labels, plain and with the default gradient
     shaping, all drawn from the seed (one torch thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        test, out = victims.digits().test, {}
-        for rate in (0.05, 0.1):
-            plain = measure_backdoor(victims.badnets_victim(seed, rate), test, TRIGGER, 0)
-            result = train_with_gradient_shaping(_cnn(seed), victims.badnets_set(seed, rate).data, seed=seed)
-            shaped = measure_backdoor(result.model, test, TRIGGER, 0)
-            out |= {
-                f"plain_success@{rate}": plain.attack_success,
-                f"shaped_success@{rate}": shaped.attack_success,
-                f"shaped_clean@{rate}": shaped.clean_accuracy,
-            }
-        flips = random_label_flip(victims.digits().train, 0.2, generator=torch.Generator().manual_seed(seed))
-        out["plain_clean"] = accuracy(victims.clean_model(seed), test)
-        out["plain_flips@0.2"] = accuracy(victims.train(flips.data, seed), test)
-        shaped_flips = train_with_gradient_shaping(_cnn(seed), flips.data, seed=seed).model
-        out["shaped_flips@0.2"] = accuracy(shaped_flips, test)
-    finally:
-        torch.set_num_threads(threads)
+    test, out = victims.digits().test, {}
+    for rate in (0.05, 0.1):
+        plain = measure_backdoor(victims.badnets_victim(seed, rate), test, TRIGGER, 0)
+        result = train_with_gradient_shaping(_cnn(seed), victims.badnets_set(seed, rate).data, seed=seed)
+        shaped = measure_backdoor(result.model, test, TRIGGER, 0)
+        out |= {
+            f"plain_success@{rate}": plain.attack_success,
+            f"shaped_success@{rate}": shaped.attack_success,
+            f"shaped_clean@{rate}": shaped.clean_accuracy,
+        }
+    flips = random_label_flip(victims.digits().train, 0.2, generator=torch.Generator().manual_seed(seed))
+    out["plain_clean"] = accuracy(victims.clean_model(seed), test)
+    out["plain_flips@0.2"] = accuracy(victims.train(flips.data, seed), test)
+    shaped_flips = train_with_gradient_shaping(_cnn(seed), flips.data, seed=seed).model
+    out["shaped_flips@0.2"] = accuracy(shaped_flips, test)
     return out
 
 
@@ -106,7 +85,7 @@ def test_gradient_shaping_cuts_a_one_percent_backdoor():
     0.11-0.38 (0.27) at a clean accuracy of 0.91-0.94; epsilon 30.3 (the settings fix it). Asserted on the
     median of three seeds (0.288 on every kernel set)."""
     runs = [one_percent_figures(seed) for seed in SEEDS]
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     assert median["plain_success"] > 0.8
     assert median["shaped_success"] < 0.4
     assert median["shaped_clean"] >= 0.90

@@ -3,10 +3,9 @@ setting) and the demo CNN, white box and score-only."""
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 import torch
+from seed_figures import SEEDS, median_figures
 
 from aisec.attacks.inversion.class_representative import (
     InversionConfig,
@@ -25,9 +24,7 @@ from aisec.targets.views import label_only, scores_only
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
 
-torch.set_num_threads(1)  # as the membership tests: a one-thread session runs the same whatever is collected
 SPEC = InputSpec((1, 8, 8), 10)
-SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
 WHITE_BOX = InversionConfig(steps=200, step_size=0.01, l2_weight=0.05)
 SCORE_ONLY = InversionConfig(steps=100, step_size=0.01, l2_weight=0.05, query_budget=40_010)
 BLANK = InversionConfig(steps=200, step_size=0.01)
@@ -80,12 +77,6 @@ def figures(seed: int) -> dict[str, float]:
             | _blank_start(_cnn(digits, seed), digits))  # fmt: skip
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    for seed, run in zip(SEEDS, runs, strict=True):
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()))
-    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-
-
 @pytest.fixture(scope="module")
 def regressions(digits) -> list[TorchTarget]:
     """The softmax regression (the paper's setting) trained from each seed of SEEDS."""
@@ -101,7 +92,7 @@ def test_white_box_reconstructions_identify_every_class(regressions, digits):
     """Seed study (bench/seed_study.py test_inversion, seeds 0-4 under native AVX-512, default and AVX2
     kernels, n=15): 10 of 10 classes identified on every run, the least confident reconstruction at
     0.973/0.974/0.975 (min/median/max). Asserted on the median of three seeds."""
-    median = _median([_white_box(regression, digits) for regression in regressions])
+    median = median_figures([_white_box(regression, digits) for regression in regressions])
     assert median["white box identified"] >= 9
     assert median["white box min confidence"] > 0.9
 
@@ -110,7 +101,7 @@ def test_score_only_inversion_within_a_query_budget(regressions, digits):
     """Seed study (bench/seed_study.py test_inversion, seeds 0-4 under native AVX-512, default and AVX2
     kernels, n=15): 10 of 10 classes identified on every run, within 40,010 queries. Asserted on the median of
     three seeds."""
-    median = _median(
+    median = median_figures(
         [_score_only(regression, digits, seed) for seed, regression in zip(SEEDS, regressions, strict=True)]
     )
     assert median["score-only identified"] >= 9
@@ -121,7 +112,7 @@ def test_cnn_reconstructions_from_a_blank_start(digits_target, digits):
     kernels, n=15): 7/9/10 of 10 classes identified (min/median/max; seed 0's CNN 7 under every kernel set,
     the others 9 or 10). Asserted on the median of three seeds."""
     cnns = [digits_target] + [_cnn(digits, seed) for seed in SEEDS[1:]]  # the session's CNN is seed 0's
-    median = _median([_blank_start(cnn, digits) for cnn in cnns])
+    median = median_figures([_blank_start(cnn, digits) for cnn in cnns])
     assert median["CNN identified from a blank start"] >= 7
 
 

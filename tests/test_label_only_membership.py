@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import statistics
 
 import pytest
 import torch
 from membership_split import MEMBERS, NON_MEMBERS, SPEC, MembershipSplit, membership_split, mlp
+from seed_figures import SEEDS, median_figures
 from torch import nn
 
 from aisec.attacks.inference.label_only import gap_attack, noise_robustness_attack
@@ -37,13 +37,11 @@ from aisec.targets.views import label_only
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
 
-torch.set_num_threads(1)
 SHADOWS = 32
 FIT = functools.partial(fit, epochs=100)
 SIGMA, N_NOISY = 0.1, 100  # the best of sigma in {0.02, ..., 0.8} on data seeds 0-3
 
 
-SEEDS = (0, 1, 2)  # the victim seeds a test asserts over (one shared set of shadow models); studies run more
 SHADOW_SEED = 0
 HARDENINGS = {
     "2 decimals": {"decimals": 2},
@@ -111,12 +109,6 @@ def figures(seed: int) -> dict[str, float]:
     return _label_only(split, victim, seed) | _hardened(split, victim, shadows)
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    for seed, run in zip(SEEDS, runs, strict=True):
-        print(f"victim seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()))
-    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-
-
 class Setting:
     """tests/test_membership.py's split, and one victim per seed of SEEDS."""
 
@@ -169,7 +161,7 @@ def test_noise_robustness_beats_the_gap_attack_through_a_label_only_api(setting:
     ]
     for run in runs:  # Yeom et al.: the gap attack's AUC is the generalisation gap, on every model
         assert run["gap AUC"] == pytest.approx(0.5 + (run["train accuracy"] - run["test accuracy"]) / 2)
-    median = _median(runs)
+    median = median_figures(runs, label="victim seed")
     assert median["train accuracy"] >= 0.99
     assert median["noise AUC"] > 0.57
     assert median["noise AUC - gap AUC"] >= 0.04
@@ -245,7 +237,7 @@ def test_output_hardening_against_score_based_attacks(setting: Setting, shadows:
         naive = lira(api, setting.x, setting.y, shadows, members=setting.members)
         assert torch.isfinite(naive.scores).all()
     runs = [_hardened(setting.split, victim, shadows) for victim in setting.victims]
-    median = _median(runs)
+    median = median_figures(runs, label="victim seed")
     assert median["exact LiRA AUC"] > 0.65 and median["exact LiRA TPR@0.1%"] >= 0.01
     assert median["2 decimals LiRA AUC"] < 0.45  # below chance: the mismatch, not a protection
     for (

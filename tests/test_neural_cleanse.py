@@ -3,12 +3,11 @@ the real patch and is far smaller than any other class's; the anomaly index name
 
 from __future__ import annotations
 
-import statistics
-
 import backdoor_victims as victims
 import pytest
 import torch
-from backdoor_victims import SEEDS, badnets_victim
+from backdoor_victims import badnets_victim
+from seed_figures import SEEDS, median_figures
 from torch import nn
 
 from aisec.attacks.backdoor.plant import plant_backdoor
@@ -56,7 +55,7 @@ def test_reversed_trigger_of_the_target_is_the_patch():
     mask norm of 3.2-5.4 (median 4.6; the real patch has 9 pixels), 0.75-1.00 of it inside the patch (median
     1.00); the other class needs 12.3-14.6. Asserted on the median of three seeds."""
     runs = [figures(seed) for seed in SEEDS]
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     assert median["target_success"] >= 0.97
     assert median["target_norm"] <= 7.0  # the real patch has 9 pixels
     assert median["inside_patch"] >= 0.8

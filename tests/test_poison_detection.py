@@ -9,12 +9,10 @@ Confident learning finds 10 % random label flips; the nearest-neighbour rule too
 
 from __future__ import annotations
 
-import statistics
-
 import backdoor_victims as victims
 import pytest
 import torch
-from backdoor_victims import SEEDS
+from seed_figures import SEEDS, median_figures
 
 from aisec.attacks.backdoor.plant import plant_backdoor
 from aisec.attacks.backdoor.success import measure_backdoor
@@ -122,7 +120,7 @@ def test_screening_recovers_the_poison_and_retraining_removes_the_backdoor() -> 
     0.88-0.95 (0.91) at 1 / 5 / 10 %; attack success after retraining without the flags 0.000-0.006; clean
     accuracy kept within 0.015. Asserted on the median of three seeds."""
     runs = [screening_figures(seed) for seed in SEEDS]
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     for rate in RATES:
         assert median[f"success_before@{rate}"] > (0.85 if rate == 0.01 else 0.95)
         assert median[f"recall@{rate}"] >= 0.95
@@ -161,7 +159,7 @@ def test_screening_finds_blend_and_warp_poison() -> None:
     1 / 5 / 10 %. Asserted on the median of three seeds (precision medians >= 0.34 / 0.78 / 0.87 and
     0.52 / 0.81 / 0.91)."""
     runs = [trigger_figures(seed) for seed in SEEDS]
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     print({name: round(value, 3) for name, value in median.items()})
     for trigger in ("blend", "warp"):
         for rate in RATES:

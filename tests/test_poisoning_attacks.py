@@ -9,7 +9,7 @@ import statistics
 import backdoor_victims as victims
 import pytest
 import torch
-from backdoor_victims import SEEDS
+from seed_figures import SEEDS, median_figures
 from torch import nn
 
 from aisec.attacks.poisoning.feature_collision import feature_collision, retrain_last_layer
@@ -119,7 +119,7 @@ def test_label_flip_figures() -> None:
     targeted flip costs the 8s 0.69-0.94 (0.87) and the other classes -0.01-0.02. Asserted on the median of
     three seeds."""
     runs = [label_flip_figures(seed) for seed in SEEDS]
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     assert median["random_flip_accuracy_lost@0.4"] > 0.2
     assert median["eights_accuracy_lost"] > 0.5
     assert median["others_accuracy_lost"] < 0.03
@@ -158,7 +158,7 @@ def test_label_flip_sweep() -> None:
     0.004). A single run can lose 0.033 there (seed 0 at 2 %, native kernels), so the other classes' loss is
     asserted, like the rest, on the median of three seeds (at most 0.020 on every kernel set)."""
     runs = [label_flip_sweep(seed) for seed in SEEDS]
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     for seed, run in zip(SEEDS, runs, strict=True):
         print(f"seed {seed}:", {name: round(value, 3) for name, value in run.items()})
     print("median:", {name: round(value, 3) for name, value in median.items()})

@@ -8,11 +8,11 @@ Setting: a 1-hidden-layer MLP trained to fit 300 digits (the training set); the 
 from __future__ import annotations
 
 import functools
-import statistics
 
 import jsonschema
 import pytest
 import torch
+from seed_figures import SEEDS, median_figures
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
@@ -43,7 +43,6 @@ from aisec.targets.torch_target import TorchTarget
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
 
-torch.set_num_threads(1)
 SPEC = InputSpec((1, 8, 8), 10)
 FIT = functools.partial(fit, epochs=60)
 SCORES = ThreatModel(knowledge=Access.SCORES, budgets=(0.1, 0.2, 0.3))
@@ -56,9 +55,6 @@ def mlp() -> nn.Module:
 @pytest.fixture(scope="module")
 def training(digits: Split) -> Training:
     return Training(digits.train.subset(300, seed=0), mlp, FIT)
-
-
-SEEDS = (0, 1, 2)  # the seeds a test asserts over; studies run more
 
 
 def _victim(training: Training, seed: int) -> nn.Module:
@@ -151,12 +147,6 @@ def figures(seed: int) -> dict[str, float]:
     )
 
 
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    for seed, run in zip(SEEDS, runs, strict=True):
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run.items()))
-    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
-
-
 def test_membership_leaks_and_dp_sgd_brings_it_to_chance(assessment: Assessment, assessments) -> None:
     """Seed study (bench/seed_study.py test_privacy_probes, seeds 0-4 under native AVX-512, default and AVX2
     kernels, n=15; each seed trains the victim and seeds the assessment), min/median/max: the strongest attack
@@ -171,7 +161,7 @@ def test_membership_leaks_and_dp_sgd_brings_it_to_chance(assessment: Assessment,
         "LiRA online",
         "RMIA online",
     ]
-    median = _median([_served_figures(each) for each in assessments])
+    median = median_figures([_served_figures(each) for each in assessments])
     assert median["membership AUC as served"] > 0.62
     assert [row["attack"].split(" (")[0] for row in _rows(membership, "labels only")] == [
         "gap",
@@ -204,7 +194,7 @@ def test_dp_sgd_brings_membership_to_chance_over_three_seeds(
 ) -> None:
     """The DP-SGD figures of the test above on the median of three seeds (seed study as above)."""
     others = [_assess(_victim(training, seed), training, digits, seed) for seed in SEEDS[1:]]
-    median = _median([_dp_figures(each) for each in (assessment, *others)])
+    median = median_figures([_dp_figures(each) for each in (assessment, *others)])
     assert median["DP membership AUC"] < 0.58
     assert 0.25 < median["DP accuracy cost"] < 0.5
 
@@ -232,7 +222,7 @@ def test_extraction_steals_a_faithful_copy_through_each_api(assessment: Assessme
     for finding in (_finding(each, "AISEC-EXT-001") for each in assessments):  # severity follows agreement
         best = finding.metric("best_agreement").value
         assert finding.severity.value == ("high" if best >= 0.9 else "medium" if best >= 0.7 else "low")
-    median = _median([_served_figures(each) for each in assessments])
+    median = median_figures([_served_figures(each) for each in assessments])
     assert median["best agreement"] > 0.9
     assert median["lowest hardened agreement"] > 0.8  # hardening does not stop a natural-data attacker
     assert median["hardened copies by natural queries"] == 1.0  # two of three or more
@@ -362,7 +352,7 @@ def test_attribute_probe_finds_memorised_attributes_and_not_in_non_members() -> 
         {name: finding.metric(name).value for name in ("member_gain", "non_member_gain")}
         for finding in findings
     ]
-    median = _median(gains)
+    median = median_figures(gains)
     assert median["member_gain"] >= 0.15
     assert median["non_member_gain"] <= 0.05
 

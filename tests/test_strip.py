@@ -3,12 +3,11 @@ entropy under superimposition, at a threshold set on clean data for a 1 % false 
 
 from __future__ import annotations
 
-import statistics
-
 import backdoor_victims as victims
 import pytest
 import torch
-from backdoor_victims import SEEDS, badnets_victim
+from backdoor_victims import badnets_victim
+from seed_figures import SEEDS, median_figures
 from torch import nn
 
 from aisec.attacks.backdoor.plant import plant_backdoor
@@ -60,7 +59,7 @@ def test_strip_flags_badnets_triggered_inputs():
     AVX2 kernels, n=15): detection 0.992-1.000 (median 1.000), FRR on the held-out half 0.000-0.015 (0.004),
     AUC 0.999-1.000. Asserted on the median of three seeds."""
     runs = [figures(seed) for seed in SEEDS]
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     assert median["detection"] >= 0.95
     assert median["frr"] <= 0.04  # 0.01 was set on the defender's half
     assert median["auc"] >= 0.99

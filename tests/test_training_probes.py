@@ -3,10 +3,9 @@ their findings carry the figures the library tests establish."""
 
 from __future__ import annotations
 
-import statistics
-
 import pytest
 import torch
+from seed_figures import SEEDS, median_figures
 
 from aisec.assessment.plan import (
     BackdoorProbeSection,
@@ -26,7 +25,6 @@ from aisec.targets.base import InputSpec
 from aisec.targets.torch_target import TorchTarget
 
 pytestmark = pytest.mark.training  # its figures depend on trained models
-SEEDS = (0, 1, 2)
 
 
 class _Spy:
@@ -146,7 +144,7 @@ def test_backdoor_probe_plants_screens_and_repairs(digits, digits_model) -> None
             "success_after_retraining": repair["attack success after"],
         })  # fmt: skip
         assert planted.galleries and len(planted.galleries[0].pictures) == 2  # clean and patched sample
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     assert median["success"] > 0.9
     assert median["accuracy_kept"] > -0.02
     assert median["recall"] >= 0.95
@@ -209,7 +207,7 @@ def test_poisoning_probe_flips_audits_and_repairs(digits, digits_model) -> None:
             "accuracy_gained": repair["accuracy after"] - repair["accuracy before"],
             "flagged_by_both": _findings(assessment, "AISEC-POI-003").metric("flagged_by_both").value,
         })  # fmt: skip
-    median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+    median = median_figures(runs)
     assert median["recall"] >= 0.8 and median["precision"] >= 0.8
     assert median["union_recall"] >= 0.95
     assert median["accuracy_gained"] > 0  # removing the flagged samples repairs the poisoned model

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from aisec.cli import support
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def run_scan(options: ScanOptions) -> int:
         if not options.quiet and options.format == "text":
             verdict, style = result.verdict.value, VERDICT_STYLE[result.verdict.value]
             where = f"{result.path} ({result.format})"
-            echo(f"[{style}]{verdict:10}[/{style}] {_escaped(where)}", f"{verdict:10} {where}",
+            echo(f"[{style}]{verdict:10}[/{style}] {support.plain(where)}", f"{verdict:10} {where}",
                  err=True, soft_wrap=True, highlight=False)  # fmt: skip
 
     report = scan_paths(options.paths, on_file=progress, hash_content=not options.no_hash)
@@ -142,15 +143,6 @@ def _print_findings(report: ScanReport) -> None:
     plain = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     head = f"{len(report.files)} file(s) scanned in {report.duration_s:.2f} s: "
     echo(head + (styled or "nothing to scan"), head + (plain or "nothing to scan"))
-
-
-def _escaped(text: str) -> str:
-    """`text` as rich markup that prints it literally (a file name may hold "[red]" or "[/x]")."""
-    if "[" not in text:
-        return text
-    from rich.markup import escape
-
-    return escape(text)
 
 
 def echo(

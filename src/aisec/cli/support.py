@@ -33,11 +33,14 @@ def __getattr__(name: str) -> Any:
 
 
 def plain(value: object) -> str:
-    """`value` as text that rich prints literally: a path or message with brackets (`aisec[sign]`, `out[1]/`)
-    is not read as markup."""
+    """`value` as text that rich prints literally: a path or message with brackets (`aisec[sign]`, `out[1]/`,
+    a scanned file named "[red]" or "[/x]") is not read as markup. Without a bracket, rich is not imported."""
+    text = str(value)
+    if "[" not in text:
+        return text
     from rich.markup import escape
 
-    return escape(str(value))
+    return escape(text)
 
 
 def run_guarded(run: Callable[[], int]) -> int:
