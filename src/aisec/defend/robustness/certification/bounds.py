@@ -24,6 +24,7 @@ from torch import nn
 
 from aisec.core.errors import BadInputError, DataError
 from aisec.core.training import BatchStep, Examples, TrainingConfig, TrainingResult, evaluating, train
+from aisec.defend.robustness.budget import check_budget
 from aisec.defend.robustness.certification.layers import sequential_layers
 from aisec.defend.robustness.certification.propagation import (
     Method,
@@ -83,7 +84,7 @@ def certify(
         raise BadInputError(f"certification.method: {method!r} is not one of {', '.join(METHODS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BadInputError(f"certification.batch_size: must be a positive integer, got {batch_size!r}")
-    check_eps(eps, lower, upper, field="certification.eps")
+    check_budget(eps, lower, upper, field="certification.eps")
     first = next(model.parameters(), None)
     device = first.device if first is not None else x.device
     dtype = first.dtype if first is not None else torch.get_default_dtype()
@@ -103,26 +104,6 @@ def certify(
     margin = torch.cat(margins) if margins else x.new_zeros(0)
     # the box contains x, so a positive margin bound also proves that x itself is classified correctly
     return CertificationResult(method, float(eps), margin > 0, margin, time.perf_counter() - started)
-
-
-def check_eps(
-    eps: float, lower: float | torch.Tensor, upper: float | torch.Tensor, *, field: str = "eps"
-) -> None:
-    """Raise BadInputError (one line naming `field`) unless 0 < eps <= the width of the input range (the
-    smallest width for per-feature bounds): a budget meant for another scale (8 for 0-255 pixels on [0, 1]
-    data) would otherwise be a box covering every input."""
-    lo, hi = torch.as_tensor(lower, dtype=torch.float64), torch.as_tensor(upper, dtype=torch.float64)
-    width = float((hi - lo).min()) if lo.numel() and hi.numel() else 0.0
-    if lo.dim() == 0 and hi.dim() == 0:
-        where = f"the input range [{float(lo):g}, {float(hi):g}] (width {width:g})"
-    else:
-        where = f"the per-feature input bounds (smallest width {width:g})"
-    if not width > 0:
-        raise BadInputError(f"{field}: {where} is empty; upper must exceed lower for every feature")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise BadInputError(f"{field}: {eps!r} must be a positive number at most {where}")
-    if eps > width:
-        raise BadInputError(f"{field}: {eps:g} exceeds {where}; budgets are in input units")
 
 
 def _check_data(
@@ -180,7 +161,7 @@ def ibp_step(
     CE(IBP worst-case logits over the eps-box within [lower, upper]); over the first
     round(warmup_fraction * total_steps) calls eps ramps linearly from 0 to `eps` and kappa from 1 to
     `final_kappa`, then both stay. Raises BadInputError for a schedule or budget that cannot train."""
-    check_eps(eps, lower, upper, field="ibp_training.eps")
+    check_budget(eps, lower, upper, field="ibp_training.eps")
     if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
         raise BadInputError(f"ibp_training.total_steps: must be a positive integer, got {total_steps!r}")
     for name, value in (("warmup_fraction", warmup_fraction), ("final_kappa", final_kappa)):
