@@ -149,3 +149,21 @@ def test_the_example_runs(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "AISEC-EVA-001" in out.stdout and (tmp_path / "report.html").is_file()
+
+
+@pytest.mark.slow  # about 95 s: it trains four models and runs an assessment
+@pytest.mark.training
+def test_the_robustness_example_runs(tmp_path: Path) -> None:
+    """examples/robustness_controls.py, as docs/robustness.md tells users to run it (at 3 epochs)."""
+    import subprocess
+    import sys
+
+    example = Path(__file__).parent.parent / "examples" / "robustness_controls.py"
+    out = subprocess.run(
+        [sys.executable, str(example), str(tmp_path), "--epochs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "AISEC-ROB-001" in out.stdout and (tmp_path / "models" / "adversarial_training-fast.pt").is_file()

@@ -127,3 +127,59 @@ def test_membership_without_training_data(tmp_path):
     text = GOOD.replace("policy:", "  membership: {attacks: [loss]}\npolicy:")
     with pytest.raises(PlanError, match="need `training.data`"):
         load_plan(write(tmp_path, text))
+
+
+ROBUST = (
+    GOOD
+    + """\
+training:
+  data: {builtin: digits, split: train}
+defences:
+  adversarial_training: [{method: pgd, eps: 0.1}, {method: trades, eps: 0.1, beta: 6}]
+  certification: {method: crown}
+  input_detectors: [feature_squeezing, mahalanobis]
+  input_transforms: [{bit_depth: 3}, {median: 2}]
+  null_labelling: {eps: 0.1}
+"""
+)
+
+
+def test_robustness_defences_load(tmp_path):
+    plan, _ = load_plan(write(tmp_path, ROBUST))
+    defences = plan.defences
+    assert [s.method for s in defences.adversarial_training] == ["pgd", "trades"]
+    assert defences.adversarial_training[1].beta == 6 and defences.adversarial_training[0].epochs == 30
+    assert defences.input_transforms[0].bit_depth == 3 and defences.input_transforms[1].median == 2
+    assert defences.robustness
+    assert defences.retrains == ["adversarial_training[0]", "adversarial_training[1]", "null_labelling"]
+
+
+@pytest.mark.parametrize(
+    "old,new,expected",
+    [
+        # ART's Madry trainer defaults to eps 8 (0-255 units): on [0, 1] pixels it would be refused here
+        (
+            "{method: pgd, eps: 0.1}",
+            "{method: pgd, eps: 8}",
+            r"defences.adversarial_training\[0\].eps: 8 exceeds the input range \(width 1\)",
+        ),
+        (
+            "null_labelling: {eps: 0.1}",
+            "null_labelling: {eps: 1.5}",
+            r"defences.null_labelling.eps: 1.5 exceeds",
+        ),
+        ("{method: pgd, eps: 0.1}", "{method: madry, eps: 0.1}", r"adversarial_training.0.method"),
+        ("[{bit_depth: 3}, {median: 2}]", "[{bit_depth: 9}]", r"input_transforms.0.bit_depth"),
+        ("[{bit_depth: 3}, {median: 2}]", "[{}]", r"give `bit_depth` or `median`"),
+        ("[feature_squeezing, mahalanobis]", "[lid]", r"input_detectors.0"),
+        ("  evasion:\n    attacks: [apgd-ce, square]\n", "  inversion: {}\n", r"measured by probes.evasion"),
+        ("training:\n  data: {builtin: digits, split: train}\n", "", r"trains a model like yours"),
+        ("kind: torch", "kind: onnx", r"needs a torch target"),
+    ],
+)
+def test_bad_robustness_defences(tmp_path, old, new, expected):
+    text = ROBUST.replace(old, new)
+    if new == "kind: onnx":
+        text = text.replace("  factory: aisec.demo.models:digits_cnn\n", "")
+    with pytest.raises(PlanError, match=expected):
+        load_plan(write(tmp_path, text))

@@ -127,6 +127,18 @@ class PolicyCheck:
 
 
 @dataclass(frozen=True)
+class ModelFile:
+    """A model the assessment trained (a defended model), so that the user can deploy what was measured: the
+    report writer saves `content` as `models/<file_name>` beside the reports, which carry its name and sha256
+    (not its bytes)."""
+
+    file_name: str
+    sha256: str
+    description: str
+    content: bytes = field(repr=False, compare=False, metadata={"report": False})
+
+
+@dataclass(frozen=True)
 class Provenance:
     """How every figure of a finding was obtained."""
 
@@ -159,6 +171,7 @@ class Finding:
     examples: tuple[Example, ...] = ()
     galleries: tuple[Gallery, ...] = ()
     policy: tuple[PolicyCheck, ...] = ()
+    models: tuple[ModelFile, ...] = ()
     reliable: bool = True
 
     def __post_init__(self) -> None:

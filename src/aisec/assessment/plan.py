@@ -299,12 +299,97 @@ class GradientShapingSection(_Section):
     noise_multiplier: float = Field(0.7, gt=0)
 
 
+class DefenceTrainingSection(_Section):
+    """How a defence trains its model: aisec's training loop from the target's `factory` on `training.data`
+    (a user's own recipe cannot be made adversarial from outside). The defaults train the demo CNN."""
+
+    epochs: int = Field(30, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+
+
+class AdversarialTrainingSection(DefenceTrainingSection):
+    """One adversarially trained model (aisec.defend.robustness.adversarial_training): PGD-AT (Madry et al.
+    2018), TRADES (Zhang et al. 2019), fast FGSM training with random start (Wong et al. 2020) or IBP training
+    (Gowal et al. 2019). `eps` is in input units, under the threat model's norm (L-inf)."""
+
+    method: Literal["pgd", "trades", "fast", "ibp"]
+    eps: float = Field(gt=0)
+    steps: int = Field(10, ge=1, description="inner attack steps (pgd, trades)")
+    beta: float = Field(6.0, gt=0, description="TRADES: weight of the robustness term")
+
+
+class RandomizedSmoothingSection(DefenceTrainingSection):
+    """A model trained with Gaussian noise and certified by randomised smoothing (Cohen et al. 2019)."""
+
+    sigma: float = Field(0.25, gt=0)
+    n0: int = Field(100, ge=1, description="noise samples that select the predicted class")
+    n: int = Field(10_000, ge=1, description="noise samples that estimate its probability")
+    alpha: float = Field(
+        0.001, gt=0, lt=1, description="the certificate fails with probability at most alpha"
+    )
+    samples: int = Field(100, ge=1, description="assessment samples certified (the first ones)")
+
+
+class CertificationSection(_Section):
+    """Certified L-inf accuracy at the threat model's budgets by bound propagation (IBP or CROWN), for the
+    model under assessment and every adversarially trained one."""
+
+    method: Literal["crown", "ibp"] = "crown"
+    samples: int = Field(200, ge=1, description="assessment samples certified (the first ones)")
+
+
+class InputTransformSection(_Section):
+    """One input transformation put in front of the model (aisec.defend.robustness.input_transforms)."""
+
+    bit_depth: int | None = Field(None, ge=1, le=8)
+    median: int | None = Field(None, ge=2, le=5, description="median filter window (pixels)")
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> InputTransformSection:
+        if self.bit_depth is None and self.median is None:
+            raise ValueError("give `bit_depth` or `median` (or both)")
+        return self
+
+
+class NullLabellingSection(DefenceTrainingSection):
+    """A model with an extra NULL class trained on perturbed inputs (Hosseini et al. 2017)."""
+
+    eps: float = Field(gt=0)
+
+
 class DefencesSection(_Section):
     """Controls whose effect the probes measure, each beside the undefended model."""
 
     output_hardening: tuple[OutputHardeningSection, ...] = ()
     dp_training: DPTrainingSection | None = None
     gradient_shaping: GradientShapingSection | None = None
+    adversarial_training: tuple[AdversarialTrainingSection, ...] = ()
+    randomized_smoothing: RandomizedSmoothingSection | None = None
+    certification: CertificationSection | None = None
+    input_detectors: tuple[Literal["feature_squeezing", "mahalanobis"], ...] = ()
+    input_transforms: tuple[InputTransformSection, ...] = ()
+    null_labelling: NullLabellingSection | None = None
+
+    @property
+    def robustness(self) -> bool:
+        """Whether any control that the evasion probe measures is asked for."""
+        return bool(
+            self.adversarial_training
+            or self.randomized_smoothing
+            or self.certification
+            or self.input_detectors
+            or self.input_transforms
+            or self.null_labelling
+        )
+
+    @property
+    def retrains(self) -> list[str]:
+        """The fields of the controls that train a model from the target's factory."""
+        fields = [f"adversarial_training[{i}]" for i in range(len(self.adversarial_training))]
+        fields += [name for name in ("randomized_smoothing", "null_labelling") if getattr(self, name)]
+        return fields
 
 
 class PolicySection(_Section):
@@ -371,7 +456,69 @@ class Plan(_Section):
             raise ValueError(
                 "defences.gradient_shaping is measured by probes.poisoning or probes.backdoor: enable one"
             )
+        _robustness_defence_needs(self, enabled)
         return self
+
+
+def _robustness_defence_needs(plan: Plan, enabled: set[str]) -> None:
+    """The robustness controls are measured by the evasion probe, attack a torch model, and (those that train)
+    retrain it from its factory on the training set; their L-inf budgets must fit the input range."""
+    defences = plan.defences
+    if not defences.robustness:
+        return
+    first = _first_robustness_field(defences)
+    if "evasion" not in enabled:
+        raise ValueError(f"defences.{first} is measured by probes.evasion: enable it")
+    if plan.target.kind != "torch":
+        raise ValueError(
+            f"defences.{first} needs a torch target (white box): the controls train, wrap or inspect the module"
+        )
+    if defences.retrains and (plan.training is None or plan.target.factory is None):
+        raise ValueError(
+            f"defences.{defences.retrains[0]} trains a model like yours: give the target's `factory` and "
+            "`training.data`"
+        )
+    if defences.retrains and plan.threat_model.norm != "linf":
+        raise ValueError(f"defences.{defences.retrains[0]}: budgets are L-inf; set threat_model.norm: linf")
+    if defences.certification is not None and plan.threat_model.norm != "linf":
+        raise ValueError("defences.certification certifies L-inf budgets; set threat_model.norm: linf")
+    spec = plan.target.input
+    if spec is None:  # a plan given to aisec.assess may leave the input spec to inference: checked when run
+        return
+    lower = min(spec.lower) if isinstance(spec.lower, tuple) else spec.lower
+    widths = (
+        [u - lo for u, lo in zip(_as_tuple(spec.upper), _as_tuple(spec.lower), strict=False)]
+        if isinstance(spec.lower, tuple) or isinstance(spec.upper, tuple)
+        else [spec.upper - lower]
+    )
+    width = min(widths)
+    budgets = [(f"adversarial_training[{i}].eps", s.eps) for i, s in enumerate(defences.adversarial_training)]
+    if defences.null_labelling is not None:
+        budgets.append(("null_labelling.eps", defences.null_labelling.eps))
+    for field, eps in budgets:
+        if eps > width:
+            raise ValueError(
+                f"defences.{field}: {eps:g} exceeds the input range (width {width:g}); budgets are in input "
+                "units (ART's default of 8 assumes 0-255 pixels)"
+            )
+
+
+def _as_tuple(value: float | tuple[float, ...]) -> tuple[float, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _first_robustness_field(defences: DefencesSection) -> str:
+    for name in (
+        "adversarial_training",
+        "randomized_smoothing",
+        "certification",
+        "input_detectors",
+        "input_transforms",
+        "null_labelling",
+    ):
+        if getattr(defences, name):
+            return name
+    raise AssertionError("no robustness control")
 
 
 def load_plan(path: str | Path) -> tuple[Plan, str]:

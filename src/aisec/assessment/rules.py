@@ -39,6 +39,17 @@ LABEL_AUDIT = Rule("AISEC-POI-003", "Label audit of the training set", _POI)
 BACKDOOR = Rule("AISEC-BKD-001", "Backdoor: a small share of poisoned training data plants a trigger", _BKD)
 BACKDOOR_DEFENCES = Rule("AISEC-BKD-002", "Backdoor defences: screening, repair and run-time detection", _BKD)
 BACKDOOR_SCAN = Rule("AISEC-BKD-003", "Backdoor scan of the model (Neural Cleanse)", _BKD)
+HARDENED_MODELS = Rule(
+    "AISEC-ROB-001", "Hardened models beside the undefended one: robustness bought at a cost", _EVA
+)
+CERTIFIED = Rule("AISEC-ROB-002", "Certified robustness beside the empirical robust accuracy", _EVA)
+DETECTORS = Rule(
+    "AISEC-ROB-003", "Detectors of manipulated input, against non-adaptive and adaptive attacks", _EVA
+)
+INPUT_TRANSFORMS = Rule(
+    "AISEC-ROB-004", "Input transformations: plain-gradient against BPDA robust accuracy", _EVA
+)
+NULL_LABELLING = Rule("AISEC-ROB-005", "NULL labelling: transfer, adaptive and clean-NULL figures", _EVA)
 
 RULES: dict[str, Rule] = {
     rule.id: rule
@@ -57,5 +68,10 @@ RULES: dict[str, Rule] = {
         BACKDOOR,
         BACKDOOR_DEFENCES,
         BACKDOOR_SCAN,
+        HARDENED_MODELS,
+        CERTIFIED,
+        DETECTORS,
+        INPUT_TRANSFORMS,
+        NULL_LABELLING,
     )
 }

@@ -2,7 +2,8 @@
 
 The document validates against `schema/assessment.schema.json` (fields documented in docs/report-schema.md).
 Enums become their string values, tuples become lists, an Estimate becomes {value, lower, upper, n, method},
-and a float that is not finite (NaN, +inf, -inf) becomes null, so that any strict JSON parser reads it.
+and a float that is not finite (NaN, +inf, -inf) becomes null, so that any strict JSON parser reads it. Fields
+marked `metadata={"report": False}` (a saved model's bytes) are left out.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def jsonable(value: Any) -> Any:
         number = float(value)
         return number if math.isfinite(number) else None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = [f.name for f in dataclasses.fields(value)] + list(_DERIVED.get(type(value), ()))
+        names = [f.name for f in dataclasses.fields(value) if f.metadata.get("report", True)]
+        names += _DERIVED.get(type(value), ())
         return {name: jsonable(getattr(value, name)) for name in names}
     if isinstance(value, Mapping):
         return {str(key): jsonable(item) for key, item in value.items()}

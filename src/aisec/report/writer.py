@@ -21,6 +21,7 @@ _FORMATS: dict[str, tuple[str, str]] = {
     "junit": ("report.junit.xml", "aisec.report.junit:render_junit"),
 }
 FILE_NAMES: dict[str, str] = {fmt: file_name for fmt, (file_name, _) in _FORMATS.items()}
+MODELS = "models"  # the folder, inside the report folder, of the models an assessment trained
 
 
 def write_reports(
@@ -28,7 +29,9 @@ def write_reports(
     out_dir: str | os.PathLike[str],
     formats: Iterable[str] = ("json", "html", "sarif", "junit"),
 ) -> dict[str, Path]:
-    """Write the reports in `formats` into `out_dir` (created if missing) and return each format's path.
+    """Write the reports in `formats` into `out_dir` (created if missing) and return each format's path; the
+    models the assessment trained (its findings' `models`, e.g. adversarially trained ones) go to
+    `out_dir/models/`.
 
     All of them are rendered and written into a temporary folder beside `out_dir` before any is moved in.
     On any error, KeyboardInterrupt included, nothing is left behind: no temporary folder, no new folder,
@@ -44,19 +47,25 @@ def write_reports(
     if out.exists() and not out.is_dir():
         raise BadInputError(f"report folder {out} exists and is not a folder")
 
-    texts = {FILE_NAMES[fmt]: _render(fmt, assessment) for fmt in chosen}
-    created = [folder for folder in (out, *out.parents) if not folder.exists()]  # innermost first
+    files = {FILE_NAMES[fmt]: _render(fmt, assessment).encode("utf-8") for fmt in chosen}
+    models = {f"{MODELS}/{m.file_name}": m.content for f in assessment.findings for m in f.models}
+    files |= models
+    folders = (out / MODELS, out, *out.parents) if models else (out, *out.parents)
+    created = [folder for folder in folders if not folder.exists()]  # innermost first
     undo: list[tuple[Path, Path | None]] = []  # (report, where the report it replaced waits) in move order
     staging: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", suffix=".aisec-tmp", dir=out.parent))
-        for name, text in texts.items():
-            (staging / name).write_bytes(text.encode("utf-8"))
+        (staging / MODELS).mkdir()
+        for name, content in files.items():
+            (staging / name).write_bytes(content)
         out.mkdir(exist_ok=True)
-        for name in texts:
+        if models:
+            (out / MODELS).mkdir(exist_ok=True)
+        for name in files:
             target = out / name
-            previous = staging / f"previous-{name}" if os.path.lexists(target) else None
+            previous = staging / f"previous-{name.replace('/', '-')}" if os.path.lexists(target) else None
             undo.append((target, previous))
             if previous is not None:
                 os.replace(target, previous)

@@ -52,64 +52,120 @@ class EvasionProbe:
                     f"probes.evasion.attacks: {name} needs {ATTACKS[name].needs.value} access, but the attacker "
                     f"has {target.access.value}"
                 )
+        if context.defences is not None and context.defences.robustness:
+            from aisec.assessment.probes.hardening import check_hardening
+
+            check_hardening(context)
 
     def run(self, context: AssessmentContext) -> list[Finding]:
         tm = context.threat_model
         target, knowledge_note = attacker_view(context.target, tm.knowledge)
-        attacks = self.config.attacks or STRONGEST[target.access]
         x, y = context.data.x.to(target.device), context.data.y.to(target.device)
-        generator = torch.Generator(device=target.device).manual_seed(context.seed)
         queries_before = context.target.queries.total
-
-        cascade = run_cascade(
-            target,
-            x,
-            y,
-            tm.budgets,
-            tm.norm,
-            attacks,
-            query_budget=tm.query_budget,
-            generator=generator,
-            batch_size=self.config.batch_size,
-            progress=context.progress,
-        )
-        minimal = None
-        if self.config.minimal_perturbation:
-            with context.progress.task("minimal perturbation per sample", total=1) as task:
-                minimal = _minimal(target, x, y, cascade, tm.query_budget, generator)
-                task.advance()
-        checks: list[MaskingCheck] = []
-        if self.config.masking_checks:
-            with context.progress.task("gradient-masking checks", total=1) as task:
-                checks = run_checks(target, x, y, cascade, generator)
-                task.advance()
-        fired = [c for c in checks if c.fired]
-
+        evaluation = evaluate(target, x, y, self.config, context)
         provenance = context.provenance(
             len(x),
             {
-                "knowledge": target.access.value,
-                "norm": tm.norm,
-                "budgets": list(tm.budgets),
-                "attacks": list(attacks),
-                "query_budget": tm.query_budget,
-                "batch_size": self.config.batch_size,
-                "minimal_perturbation": "PGD-20 bisection, 8 steps"
-                if target.access is Access.WHITE_BOX
-                else "HopSkipJump, minimal norm",
+                **evaluation.settings(tm.query_budget, self.config.batch_size),
                 "queries_spent": context.target.queries.total - queries_before,
-                "torch": torch.__version__,
-                "device": str(target.device),
             },
         )
+        fired = evaluation.fired
         findings = [
             _robustness_finding(
-                context, cascade, minimal, fired, provenance, knowledge_note, x, y, self.config, target
+                context,
+                evaluation.cascade,
+                evaluation.minimal,
+                fired,
+                provenance,
+                knowledge_note,
+                x,
+                y,
+                self.config,
+                target,
             )
         ]
-        if checks:
-            findings.append(_masking_finding(checks, fired, provenance, context.policy.fail_on_unreliable))
+        if evaluation.checks:
+            findings.append(
+                _masking_finding(evaluation.checks, fired, provenance, context.policy.fail_on_unreliable)
+            )
+        if context.defences is not None and context.defences.robustness:
+            from aisec.assessment.probes.hardening import hardening_findings
+
+            findings += hardening_findings(context, self.config, evaluation)
         return findings
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the evasion probe measured on one model: the cascade over the threat model's budgets, each
+    sample's minimal perturbation, and the gradient-masking checks."""
+
+    target: Target
+    attacks: tuple[str, ...]
+    cascade: CascadeResult
+    minimal: MinimalPerturbation | None
+    checks: list[MaskingCheck]
+
+    @property
+    def fired(self) -> list[MaskingCheck]:
+        return [c for c in self.checks if c.fired]
+
+    def settings(self, query_budget: int, batch_size: int) -> dict[str, object]:
+        """How the figures were obtained, for a finding's provenance."""
+        return {
+            "knowledge": self.target.access.value,
+            "norm": self.cascade.norm,
+            "budgets": [o.eps for o in self.cascade.outcomes],
+            "attacks": list(self.attacks),
+            "query_budget": query_budget,
+            "batch_size": batch_size,
+            "minimal_perturbation": "PGD-20 bisection, 8 steps"
+            if self.target.access is Access.WHITE_BOX
+            else "HopSkipJump, minimal norm",
+            "torch": torch.__version__,
+            "device": str(self.target.device),
+        }
+
+
+def evaluate(
+    target: Target,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: EvasionProbeSection,
+    context: AssessmentContext,
+    *,
+    label: str = "",
+) -> Evaluation:
+    """The evasion probe's measurement of `target` (as the attacker sees it): the cascade at every budget of
+    the threat model, then what the section asks for of the minimal perturbations and masking checks."""
+    tm = context.threat_model
+    attacks = config.attacks or STRONGEST[target.access]
+    generator = torch.Generator(device=target.device).manual_seed(context.seed)
+    prefix = f"{label}: " if label else ""
+    cascade = run_cascade(
+        target,
+        x,
+        y,
+        tm.budgets,
+        tm.norm,
+        attacks,
+        query_budget=tm.query_budget,
+        generator=generator,
+        batch_size=config.batch_size,
+        progress=context.progress,
+    )
+    minimal = None
+    if config.minimal_perturbation:
+        with context.progress.task(f"{prefix}minimal perturbation per sample", total=1) as task:
+            minimal = _minimal(target, x, y, cascade, tm.query_budget, generator)
+            task.advance()
+    checks: list[MaskingCheck] = []
+    if config.masking_checks:
+        with context.progress.task(f"{prefix}gradient-masking checks", total=1) as task:
+            checks = run_checks(target, x, y, cascade, generator)
+            task.advance()
+    return Evaluation(target, tuple(attacks), cascade, minimal, checks)
 
 
 def attacker_view(target: Target, knowledge: Access) -> tuple[Target, str]:
