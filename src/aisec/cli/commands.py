@@ -152,7 +152,7 @@ def demo(
         from aisec.demo.run import run_demo
         from aisec.report.writer import write_reports
 
-        duration = "ten minutes or more" if full else "under two minutes"
+        duration = "ten minutes or more" if full else "about two minutes"
         console.print(
             "training the demo CNN on digits and assessing it: evasion, extraction, inversion, membership "
             f"inference, poisoning and backdoors, with their defences ({duration} on 2 CPU cores)..."

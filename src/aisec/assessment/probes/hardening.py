@@ -253,7 +253,7 @@ def _hardened_finding(
     message = (
         f"At {tm.norm} eps={ref:g}, the most robust hardened model ({best.label}) keeps {best_robust.value:.1%} "
         f"robust accuracy (95% CI {best_robust.lower:.1%}–{best_robust.upper:.1%}) against "
-        f"{undefended_robust.value:.1%} for the undefended model ({gain:+.1%}), with clean accuracy {-cost:+.1%} "
+        f"{undefended_robust.value:.1%} for the undefended model ({gain:+.1%}), with clean accuracy {0.0 - cost:+.1%} "
         f"and {best.seconds:.0f} s of training ({ratios[best.label]:.1f}x plain training). Each "
         "hardened model was attacked by the same cascade, minimal-perturbation search and masking checks as the "
         "undefended one."
@@ -268,7 +268,7 @@ def _hardened_finding(
     severity = Severity.INFO if gain >= 0.1 else Severity.MEDIUM
     recommendation = (
         f"Deploy the hardened model that meets your clean-accuracy floor (saved under models/, sha256 in the table) "
-        f"if a {gain:+.1%} change in robust accuracy at eps={ref:g} is worth {-cost:+.1%} of clean accuracy and the "
+        f"if a {gain:+.1%} change in robust accuracy at eps={ref:g} is worth {0.0 - cost:+.1%} of clean accuracy and the "
         "training time shown; re-run this assessment on it in CI. Robust accuracy is an empirical upper bound: "
         "where a guarantee is needed, certify (defences.certification, defences.randomized_smoothing)."
     )
