@@ -233,16 +233,7 @@ def _run(
         with torch.no_grad():
             loss = loss.detach()
             if step == 0:
-                state.update(
-                    x_best=state["x_cur"],
-                    grad_best=grad,
-                    loss_best=loss,
-                    loss_prev=loss,
-                    best_at_review=loss,
-                    step_size=torch.full_like(loss, 2 * eps),
-                    rises=torch.zeros_like(loss),
-                    halved=torch.zeros_like(loss, dtype=torch.bool),
-                )
+                _start(state, loss, grad, eps)
             else:
                 _track(state, loss, grad)
             if step in reviews:
@@ -256,6 +247,20 @@ def _run(
             active = active[keep]
             state = {k: v[keep] for k, v in state.items()}
     return found, ok, used
+
+
+def _start(state: dict[str, torch.Tensor], loss: torch.Tensor, grad: torch.Tensor, eps: float) -> None:
+    """The run's bookkeeping after its first step: best point and loss so far, step size 2 eps."""
+    state.update(
+        x_best=state["x_cur"],
+        grad_best=grad,
+        loss_best=loss,
+        loss_prev=loss,
+        best_at_review=loss,
+        step_size=torch.full_like(loss, 2 * eps),
+        rises=torch.zeros_like(loss),
+        halved=torch.zeros_like(loss, dtype=torch.bool),
+    )
 
 
 def _track(state: dict[str, torch.Tensor], loss: torch.Tensor, grad: torch.Tensor) -> None:

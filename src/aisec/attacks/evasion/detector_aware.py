@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aisec.attacks.evasion.apgd import APGDConfig, _review, _step, _track, checkpoints
+from aisec.attacks.evasion.apgd import APGDConfig, _review, _start, _step, _track, checkpoints
 from aisec.attacks.evasion.gradients import input_gradient
 from aisec.attacks.evasion.inputs import Batch, prepare
 from aisec.attacks.evasion.losses import margin
@@ -218,16 +218,7 @@ def _run(
         with torch.no_grad():
             objective = objective.detach()
             if step == 0:
-                state.update(
-                    x_best=state["x_cur"],
-                    grad_best=grad,
-                    loss_best=objective,
-                    loss_prev=objective,
-                    best_at_review=objective,
-                    step_size=torch.full_like(objective, 2 * eps),
-                    rises=torch.zeros_like(objective),
-                    halved=torch.zeros_like(objective, dtype=torch.bool),
-                )
+                _start(state, objective, grad, eps)
             else:
                 _track(state, objective, grad)
             if step in reviews:
