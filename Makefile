@@ -49,6 +49,8 @@ demo: $(DEMO_STAMP)
 	# Supply chain: scan the model file the demo wrote, then describe it in a CycloneDX ML-BOM.
 	$(BIN)/aisec scan $(OUT)/model --json $(OUT)/scan.json --sarif $(OUT)/scan.sarif
 	$(BIN)/aisec bom $(OUT)/model --output $(OUT)/bom.cdx.json --framework pytorch --dataset digits
+	# A model you did not build: inspect the model file with clean data only (backdoors, shortcuts, explanations).
+	$(BIN)/aisec inspect $(OUT)/model/digits_cnn.pt --data $(OUT)/clean.npz --factory aisec.demo.models:digits_cnn --output $(OUT)/inspect
 
 # Test workers (pytest-xdist), one per core; each test module runs whole on one worker, so module fixtures are
 # built once. TEST_WORKERS=0 runs in this process.

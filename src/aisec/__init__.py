@@ -9,16 +9,16 @@ from typing import Any
 
 from aisec.core.version import __version__
 
-__all__ = ["__version__", "assess", "load_model"]
+__all__ = ["__version__", "assess", "inspect", "inspect_file", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
-    """`aisec.assess` (docs/python.md) and `aisec.load_model` (docs/supply-chain.md), imported on first use so
-    that `import aisec` stays cheap."""
-    if name == "assess":
-        from aisec.api import assess
+    """`aisec.assess`, `aisec.inspect` and `aisec.inspect_file` (docs/python.md) and `aisec.load_model`
+    (docs/supply-chain.md), imported on first use so that `import aisec` stays cheap."""
+    if name in ("assess", "inspect", "inspect_file"):
+        from aisec import api
 
-        return assess
+        return getattr(api, name)
     if name == "load_model":
         from aisec.defend.supply_chain.loading import load_model
 

@@ -11,13 +11,18 @@ The plan takes every key of a plan file (docs/plan.md) but `data` (that is `x`, 
 the spec is inferred and the report says how. `training.data` may be the training set itself, `(x, y)` or
 `LabelledData`, and `target.factory` and `training.recipe` functions. Bad input raises the errors `aisec
 assess` exits 2 on, with the same messages (plan errors name the field as "plan: probes.evasion: ...").
+
+`aisec.inspect(model, x, y)` is `assess` with `probes.inspection` (a model you did not build: backdoor scan,
+shortcut check, explanations) and `policy.fail_on: medium` unless the plan says otherwise;
+`aisec.inspect_file(path, x, y, ...)` is `aisec inspect`: the model file is scanned (and its signature
+verified) before it is loaded, and never loaded when it fails.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +30,16 @@ from typing import Any
 from aisec.assessment.finding import Assessment, Finding
 from aisec.assessment.plan import ObjectPlan, validate_plan
 from aisec.assessment.runner import run_plan_on
-from aisec.core.errors import PlanError
+from aisec.core.errors import BadInputError, PlanError
 from aisec.core.progress import Progress
+from aisec.core.severity import Severity
 from aisec.data.dataset import LabelledData, as_labelled
 from aisec.report import FILE_NAMES
 from aisec.targets.base import InputSpec
 from aisec.targets.from_object import infer_spec, model_kind, target_for
 
 DEFAULT_PLAN: Mapping[str, Any] = {"probes": {"evasion": {}}}
+DEFAULT_FAIL_ON = "medium"  # aisec.inspect and aisec.inspect_file, as `aisec inspect --fail-on`
 _NOT_IN_A_PYTHON_PLAN = {
     "data": "aisec.assess assesses x and y; leave `data` out",
     "target.kind": "the model is the object passed to aisec.assess; leave `kind` out",
@@ -108,6 +115,93 @@ def assess(
         input_spec_source=spec_source,
     )
     return AssessmentResult(assessment)
+
+
+def inspect(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    plan: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> AssessmentResult:
+    """Inspect a model you did not build, held in memory, on clean inputs `x` and labels `y`: `assess` with
+    `probes.inspection` added to the plan's probes (its keys there configure it) and `policy.fail_on` medium
+    unless the plan gives it. `model` is anything `assess` takes. A model file is inspected by
+    `inspect_file`, which checks the file before loading it."""
+    given = plan if plan is not None else {}
+    if not isinstance(given, Mapping):
+        raise PlanError(f"plan: a plan is a mapping with the keys of a plan file, got {type(given).__name__}")
+    probes = given.get("probes") or {}
+    policy = given.get("policy") or {}
+    for key, value in (("probes", probes), ("policy", policy)):
+        if not isinstance(value, Mapping):
+            raise PlanError(f"plan: {key}: a mapping, got {type(value).__name__}")
+    inspection = probes.get("inspection") or {}
+    for key in ("signature", "public_key"):
+        if isinstance(inspection, Mapping) and key in inspection:
+            raise PlanError(
+                f"plan: probes.inspection.{key}: aisec.inspect checks no file (the model is the object passed); "
+                "use aisec.inspect_file"
+            )
+    settings = {
+        **given,
+        "probes": {**probes, "inspection": inspection},
+        "policy": {"fail_on": DEFAULT_FAIL_ON, **policy},
+    }
+    return assess(model, x, y, settings, progress=progress)
+
+
+def inspect_file(
+    path: str | Path,
+    x: Any,
+    y: Any,
+    *,
+    kind: str | None = None,
+    factory: str | Callable[[], Any] | None = None,
+    trusted: bool = False,
+    signature: str | Path | None = None,
+    public_key: str | Path | None = None,
+    spec: InputSpec | None = None,
+    inspection: Mapping[str, Any] | None = None,
+    fail_on: str | None = DEFAULT_FAIL_ON,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> AssessmentResult:
+    """Inspect the model file at `path` as `aisec inspect` does: the static scan and, with `public_key`, the
+    signature (default `<path>.sig`) before anything is loaded; then the model, loaded by `kind` ("torch",
+    "torchscript", "onnx", "sklearn"; default: told from the file's bytes), with `factory` (a function or
+    `package.module:function`) building the module of a torch state dict and `trusted` admitting TorchScript;
+    the input spec `spec`, or inferred from the model and `x`; and the checks of `inspection` (the keys of
+    `probes.inspection`: backdoor_scan, shortcuts, explanations, samples). `fail_on` None fails only a model
+    the file checks kept from being loaded."""
+    from aisec.assessment.inspect_file import inspect_model_file, inspection_section
+    from aisec.assessment.plan import PolicySection
+
+    section = inspection_section({**(inspection or {}), "signature": signature, "public_key": public_key})
+    policy = PolicySection(fail_on=_severity(fail_on))
+    assessment = inspect_model_file(
+        path,
+        as_labelled(x, y, name="x, y"),
+        kind=kind,
+        factory=factory,
+        trusted=trusted,
+        spec=spec,
+        section=section,
+        policy=policy,
+        seed=seed,
+        progress=progress,
+    )
+    return AssessmentResult(assessment)
+
+
+def _severity(fail_on: str | None) -> Severity | None:
+    try:
+        return None if fail_on is None else Severity(fail_on)
+    except ValueError:
+        raise BadInputError(
+            f"fail_on {fail_on!r}: choose {', '.join(s.value for s in Severity)} (or None)"
+        ) from None
 
 
 def _settings(plan: Mapping[str, Any], kind: str) -> dict[str, Any]:

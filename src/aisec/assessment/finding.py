@@ -7,7 +7,7 @@ These types carry no torch objects, so the report writers (and the JSON schema i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aisec.core.attack_class import AttackClass
 from aisec.core.severity import Severity
@@ -29,12 +29,13 @@ class Metric:
     """One figure of a finding. `value` is a plain number or an Estimate with its interval.
 
     `id` is stable across releases, for programs: snake_case, with `@` and the parameter for a figure measured
-    at one of several values of it (`robust_accuracy@0.05`); `name` is for people and may change.
+    at one of several values of it (`robust_accuracy@0.05`); `name` is for people and may change. A verdict is
+    a bool (`flagged`), a class index an int, a missing figure None.
     """
 
     id: str = field(kw_only=True)
     name: str
-    value: float | Estimate | None
+    value: bool | float | Estimate | None
     unit: str = ""
     description: str = ""
 
@@ -59,6 +60,7 @@ class Chart:
     series: tuple[Series, ...]
     log_x: bool = False
     log_y: bool = False
+    kind: Literal["line", "bar"] = "line"  # bar: one bar per x value (e.g. feature importance)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from aisec.assessment.registry import PROBES, ProbeSpec, register
 from aisec.assessment.threat_model import ThreatModel
 from aisec.attacks.evasion.registry import ATTACK_NAMES
 from aisec.core.errors import PlanError
+from aisec.core.severity import Severity
 from aisec.targets.base import Access
 
 
@@ -208,6 +209,30 @@ class BackdoorProbeSection(ProbeSection):
 
     def plan_needs(self, plan: Plan) -> None:
         _needs_retraining_on_poison(plan, "backdoor")
+
+
+@register("inspection", probe="aisec.assessment.probes.inspection:InspectionProbe")
+class InspectionProbeSection(ProbeSection):
+    """A model you did not build, checked with the model and clean data only (docs/inspect.md): the static scan
+    of the model file, then its signature when one is given, before the model is loaded; a behavioural backdoor
+    scan, the shortcut check and explanations. Black boxes get the checks that need no gradients; the report
+    says which were skipped and why."""
+
+    backdoor_scan: bool = Field(True, description="reverse-engineer triggers (Neural Cleanse, MM-BD)")
+    shortcuts: bool = Field(True, description="is a class decided by a watermark or one leaked feature?")
+    explanations: tuple[Literal["integrated_gradients", "saliency", "occlusion"], ...] = Field(
+        ("integrated_gradients",),
+        description="attribution methods for torch models; black boxes get permutation importance",
+    )
+    samples: int = Field(500, gt=0, description="clean samples the checks use: a seeded subset of `data`")
+    signature: Path | None = Field(None, description="the model's signature; default <model>.sig")
+    public_key: Path | None = Field(None, description="verify the signature with this key (PEM)")
+
+    @model_validator(mode="after")
+    def _key_for_signature(self) -> InspectionProbeSection:
+        if self.signature is not None and self.public_key is None:
+            raise ValueError("a signature is verified with `public_key`: give the publisher's key (PEM)")
+        return self
 
 
 def _needs_training_data(plan: Plan) -> None:
@@ -408,6 +433,9 @@ class PolicySection(_Section):
     max_extraction_agreement: float | None = Field(
         None, ge=0, le=1, description="fail when a surrogate agrees with the model on more than this share"
     )
+    fail_on: Severity | None = Field(
+        None, description="fail when any finding is at least this severe (info, low, medium, high, critical)"
+    )
 
     @field_validator("min_robust_accuracy")
     @classmethod
@@ -556,6 +584,13 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
             else None,
         }
     )
+    inspection = getattr(plan.probes, "inspection", None)
+    if inspection is not None:
+        files = {
+            k: base / v for k in ("signature", "public_key") if (v := getattr(inspection, k)) is not None
+        }
+        probes = plan.probes.model_copy(update={"inspection": inspection.model_copy(update=files)})
+        plan = plan.model_copy(update={"probes": probes})
     return plan, hashlib.sha256(raw).hexdigest()
 
 

@@ -50,6 +50,15 @@ INPUT_TRANSFORMS = Rule(
     "AISEC-ROB-004", "Input transformations: plain-gradient against BPDA robust accuracy", _EVA
 )
 NULL_LABELLING = Rule("AISEC-ROB-005", "NULL labelling: transfer, adaptive and clean-NULL figures", _EVA)
+# Inspection of a model you did not build (probes.inspection, `aisec inspect`): the file, then its behaviour.
+MODEL_FILE_SCAN = Rule("AISEC-INS-001", "Static scan of the model file before it is loaded", _BKD)
+MODEL_SIGNATURE = Rule("AISEC-INS-002", "Signature of the model file", _BKD)
+INSPECTION_COVERAGE = Rule("AISEC-INS-003", "Inspection checks run and skipped", _BKD)
+INSPECTED_BACKDOOR = Rule(
+    "AISEC-BKD-004", "Backdoor scan of a model you did not build (calibrated on a model zoo)", _BKD
+)
+SHORTCUT = Rule("AISEC-AUD-001", "Shortcut: a class decided by a watermark or one leaked feature", _BKD)
+EXPLANATIONS = Rule("AISEC-AUD-002", "What the model looks at: attributions per class", _BKD)
 
 RULES: dict[str, Rule] = {
     rule.id: rule
@@ -73,5 +82,11 @@ RULES: dict[str, Rule] = {
         DETECTORS,
         INPUT_TRANSFORMS,
         NULL_LABELLING,
+        MODEL_FILE_SCAN,
+        MODEL_SIGNATURE,
+        INSPECTION_COVERAGE,
+        INSPECTED_BACKDOOR,
+        SHORTCUT,
+        EXPLANATIONS,
     )
 }

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aisec.assessment.finding import Assessment, SubjectInfo
+from aisec.assessment.finding import Assessment, Finding, PolicyCheck, Provenance, SubjectInfo
+from aisec.assessment.model_file import FileChecks, check_model_file
 from aisec.assessment.plan import (
     DefencesSection,
     ObjectTrainingSection,
@@ -23,10 +24,11 @@ from aisec.assessment.probe import AssessmentContext, Probe, Training
 from aisec.assessment.subject import load_data
 from aisec.assessment.threat_model import ThreatModel
 from aisec.core.progress import NullProgress, Progress
+from aisec.core.severity import Severity
 from aisec.core.user_code import import_callable
 from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData, check_labels
-from aisec.targets.base import Target
+from aisec.targets.base import InputSpec, Target
 
 
 def build_probes(probes: ProbesSection) -> list[Probe]:
@@ -79,6 +81,7 @@ def run_assessment(
         with context.progress.task(f"probe {probe.name}", total=1) as task:
             findings.extend(probe.run(context))
             task.advance()
+    findings = apply_fail_on(findings, context.policy.fail_on)
     return Assessment(
         name=name,
         tool_version=__version__,
@@ -101,6 +104,25 @@ def run_assessment(
     )
 
 
+def apply_fail_on(findings: Iterable[Finding], fail_on: Severity | None) -> list[Finding]:
+    """The findings, each at least as severe as `policy.fail_on` with a failed policy check added."""
+    return [f if fail_on is None else _severity_check(f, fail_on) for f in findings]
+
+
+def _severity_check(finding: Finding, fail_on: Severity) -> Finding:
+    """The finding with a failed policy check added when its severity is at least `policy.fail_on`."""
+    if finding.severity.rank < fail_on.rank:
+        return finding
+    check = PolicyCheck(
+        rule="fail_on",
+        threshold=fail_on.rank,
+        observed=finding.severity.rank,
+        passed=False,
+        description=f"severity {finding.severity.value} is at or above policy.fail_on ({fail_on.value})",
+    )
+    return dataclasses.replace(finding, policy=(*finding.policy, check))
+
+
 def run_plan(
     plan: Plan,
     *,
@@ -108,16 +130,101 @@ def run_plan(
     plan_sha256: str | None = None,
     progress: Progress | None = None,
 ) -> Assessment:
-    """Load the plan's target and data (failing on bad input before any attack) and run its probes."""
+    """Load the plan's target and data (failing on bad input before any attack) and run its probes. With
+    `probes.inspection`, the model file is scanned (and its signature verified) before it is loaded: a file
+    that fails is never loaded, and the assessment holds only the file checks' findings."""
     from aisec.assessment.subject import load_target
 
+    inspection = getattr(plan.probes, "inspection", None)
+    file_findings: tuple[Finding, ...] = ()
+    data: LabelledData | None = None
+    if inspection is not None:
+        started = datetime.now(timezone.utc)
+        data = load_data(plan.data, seed=plan.seed)
+        checks = check_model_file(
+            plan.target.path,
+            signature=inspection.signature,
+            public_key=inspection.public_key,
+            provenance=file_provenance(data, seed=plan.seed),
+        )
+        if not checks.loadable:
+            given = plan.target.input
+            spec = InputSpec(tuple(given.shape), given.num_classes, given.lower, given.upper)
+            unloaded = not_loaded_assessment(
+                checks,
+                data,
+                name=plan.name,
+                model_source=str(plan.target.path),
+                spec=spec,
+                input_spec_source="plan",
+                policy=plan.policy,
+                threat_model=plan.threat_model,
+                started=started,
+            )
+            return dataclasses.replace(
+                unloaded, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+            )
+        file_findings = tuple(apply_fail_on(checks.findings, plan.policy.fail_on))
     target, digest = load_target(plan.target)
-    data = load_data(plan.data, seed=plan.seed)
+    data = data if data is not None else load_data(plan.data, seed=plan.seed)
     assessment = run_plan_on(
         target, data, plan, model_source=str(plan.target.path), model_sha256=digest, progress=progress
     )
     return dataclasses.replace(
-        assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+        assessment,
+        findings=(*file_findings, *assessment.findings),
+        plan_path=str(plan_path) if plan_path else None,
+        plan_sha256=plan_sha256,
+    )
+
+
+def file_provenance(data: LabelledData, *, seed: int) -> Provenance:
+    """The provenance the model-file checks start from: this run's seed and data (the file checks add the
+    file's sha256 and what they checked)."""
+    return Provenance(
+        tool_version=__version__,
+        seed=seed,
+        samples=0,
+        model_sha256=None,
+        data_sha256=data.sha256,
+        settings={},
+    )
+
+
+def not_loaded_assessment(
+    checks: FileChecks,
+    data: LabelledData,
+    *,
+    name: str,
+    model_source: str,
+    spec: InputSpec | None,
+    input_spec_source: str,
+    policy: PolicySection,
+    threat_model: ThreatModel | None,
+    started: datetime,
+) -> Assessment:
+    """The assessment of a model the file checks kept from being loaded: their findings only (with
+    `policy.fail_on` applied), the subject as far as it is known without the model (the sample shape from the
+    data and no classes when no input spec is given)."""
+    return Assessment(
+        name=name,
+        tool_version=__version__,
+        started_at=started.isoformat(timespec="seconds"),
+        duration_s=round((datetime.now(timezone.utc) - started).total_seconds(), 3),
+        subject=SubjectInfo(
+            target_kind="not loaded",
+            access="none",
+            input_shape=tuple(spec.shape) if spec is not None else tuple(data.x.shape[1:]),
+            num_classes=spec.num_classes if spec is not None else 0,
+            model_source=model_source,
+            model_sha256=checks.sha256,
+            data_name=data.name,
+            data_samples=len(data),
+            data_sha256=data.sha256,
+            input_spec_source=input_spec_source,
+        ),
+        threat_model=(threat_model or ThreatModel()).model_dump(mode="json"),
+        findings=tuple(apply_fail_on(checks.findings, policy.fail_on)),
     )
 
 

@@ -5,14 +5,18 @@ torch: the module comes from the user's own code (`factory`), the weights from a
 `torch.load(weights_only=True)` (or safetensors). onnx: onnxruntime, no custom-op libraries. sklearn pickles
 and TorchScript archives can run code when loaded: TorchScript is refused unless the plan says `trusted: true`,
 and an untrusted scikit-learn file is loaded only if the supply-chain scanner calls it safe, through an
-unpickler that can import nothing outside the scanner's allow list.
+unpickler that can import nothing outside the scanner's allow list. `load_model_object` and `detect_kind` serve
+`aisec inspect` too, which loads what users download: the kind told from the file's bytes, the input spec
+given or inferred from the model and data.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,35 +50,96 @@ def load_target(section: TargetSection) -> tuple[Target, str]:
         upper=section.input.upper,
     )
     digest = file_sha256(path)
-    if section.kind == "onnx":
-        try:
-            from aisec.targets.onnx_target import OnnxTarget
-        except ImportError:
-            raise ModelLoadError(
-                f"{path}: ONNX targets need the onnx extra: pip install 'aisec[onnx]'"
-            ) from None
-        return OnnxTarget(path, spec), digest
-    if section.kind == "torchscript" and not section.trusted:
+    model = load_model_object(section.kind, path, section.factory, section.trusted)
+    return target_of(section.kind, model, spec, device=section.device), digest
+
+
+def load_model_object(kind: str, path: Path, factory: str | Callable[[], Any] | None, trusted: bool) -> Any:
+    """The model in `path` as an object a target is built over (`target_of`, or
+    `aisec.targets.from_object.target_for` with an inferred spec): for "torch" the module `factory` builds with
+    the file's state dict loaded into it; for "torchscript" the scripted module (only when `trusted`); for
+    "onnx" the path itself (onnxruntime reads it when the target is made); for "sklearn" the estimator, through
+    the scanner and the allow-list unpickler unless `trusted`. A `factory` given as `package.module:function`
+    is imported as the plan field `target.factory`."""
+    if kind == "onnx":
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+            raise ModelLoadError(f"{path}: ONNX targets need the onnx extra: pip install 'aisec[onnx]'")
+        return path
+    if kind == "torchscript" and not trusted:
         raise ModelLoadError(
             f"{path}: a torchscript file runs its own code when it is loaded; aisec refuses to load it unless the "
             "plan declares `trusted: true` (only for files you made or have verified)"
         )
-    if section.kind == "sklearn":
-        return _load_sklearn(path, spec, section.trusted), digest
-    if section.kind == "torchscript":
-        return _load_torchscript(path, spec, section.device), digest
-    return _load_torch(path, spec, section.factory or "", section.device), digest
+    if kind == "sklearn":
+        return _load_sklearn(path, trusted)
+    if kind == "torchscript":
+        return _load_torchscript(path)
+    if kind != "torch":
+        raise ModelLoadError(
+            f"{path}: unknown model kind {kind!r}; choose torch, torchscript, onnx or sklearn"
+        )
+    if factory is None:
+        raise ModelLoadError(
+            f"{path}: a torch state dict needs a factory, the function that builds its module"
+        )
+    return _load_torch(path, factory)
 
 
-def _load_torch(path: Path, spec: InputSpec, factory: str, device: str) -> Target:
-    import torch
+def target_of(kind: str, model: Any, spec: InputSpec, *, device: str | None = None) -> Target:
+    """The target over a model `load_model_object(kind, ...)` returned: OnnxTarget for "onnx" (whatever the
+    file is named), `sklearn_target` for "sklearn", TorchTarget for the torch kinds."""
+    if kind == "onnx":
+        from aisec.targets.onnx_target import OnnxTarget
 
+        return OnnxTarget(model, spec)
+    if kind == "sklearn":
+        from aisec.targets.sklearn_models import sklearn_target
+
+        return sklearn_target(model, spec)
     from aisec.targets.torch_target import TorchTarget
 
-    module = import_callable(factory, "target.factory")()
+    return TorchTarget(model, spec, device=device)
+
+
+def detect_kind(path: Path, fmt: str | None = None) -> str:
+    """The model kind ("torch", "torchscript", "onnx" or "sklearn") of the file at `path`, from the format
+    the supply-chain scanner recognises in its bytes (`fmt`, when the file has been scanned already): a
+    PyTorch zip or legacy checkpoint and safetensors hold a state dict ("torch"); a PyTorch zip with a `code/`
+    folder beside its `constants.pkl` is a TorchScript archive; a pickle or joblib file, compressed or not, is
+    taken for a scikit-learn estimator. ModelLoadError naming the format for any other file."""
+    if fmt is None:
+        from aisec.defend.supply_chain.scanner import scan_file
+
+        fmt = scan_file(path, hash_content=False).format
+    inner = fmt.rsplit("(", 1)[-1].rstrip(")")  # a compressed stream's content: "zlib(joblib)" -> "joblib"
+    kind = _KINDS.get(inner)
+    if kind is None:
+        raise ModelLoadError(
+            f"{path}: its bytes are {fmt}, not a model file aisec loads (a torch state dict, a TorchScript "
+            "archive, an ONNX model or a scikit-learn pickle); name the kind if it is one of them"
+        )
+    return kind
+
+
+_KINDS = {
+    "pytorch-zip": "torch",
+    "pytorch-legacy": "torch",
+    "safetensors": "torch",
+    "torchscript": "torchscript",
+    "onnx": "onnx",
+    "pickle": "sklearn",
+    "joblib": "sklearn",
+}
+
+
+def _load_torch(path: Path, factory: str | Callable[[], Any]) -> Any:
+    import torch
+
+    build = import_callable(factory, "target.factory") if isinstance(factory, str) else factory
+    module = build()
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(
-            f"target.factory {factory!r} returned {type(module).__name__}, not a torch nn.Module"
+            f"target.factory {_name(factory)!r} returned {type(module).__name__}, not a torch nn.Module"
         )
     try:
         if path.suffix == ".safetensors":
@@ -91,37 +156,36 @@ def _load_torch(path: Path, spec: InputSpec, factory: str, device: str) -> Targe
         module.load_state_dict(state)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise ModelLoadError(f"{path}: weights do not fit {factory}: {' '.join(first[:3])}") from None
-    return TorchTarget(module, spec, device=device)
+        raise ModelLoadError(f"{path}: weights do not fit {_name(factory)}: {' '.join(first[:3])}") from None
+    return module
 
 
-def _load_torchscript(path: Path, spec: InputSpec, device: str) -> Target:
+def _name(factory: str | Callable[[], Any]) -> str:
+    return factory if isinstance(factory, str) else getattr(factory, "__qualname__", repr(factory))
+
+
+def _load_torchscript(path: Path) -> Any:
     import torch
 
-    from aisec.targets.torch_target import TorchTarget
-
     try:
-        module = torch.jit.load(str(path), map_location="cpu")  # trusted: declared in the plan
+        return torch.jit.load(str(path), map_location="cpu")  # trusted: declared by the caller
     except Exception as e:
         raise ModelLoadError(f"{path}: not a readable TorchScript archive ({type(e).__name__})") from None
-    return TorchTarget(module, spec, device=device)
 
 
-def _load_sklearn(path: Path, spec: InputSpec, trusted: bool) -> Target:
+def _load_sklearn(path: Path, trusted: bool) -> Any:
     """A trusted file through joblib; any other through `aisec.load_model`, which scans it first and refuses
     it unless the scan says safe, then unpickles it with only the allow list's globals importable."""
     import joblib
 
     from aisec.defend.supply_chain.loading import load_model
-    from aisec.targets.sklearn_models import sklearn_target
 
     if not trusted:
-        return sklearn_target(load_model(path), spec)
+        return load_model(path)
     try:
-        estimator = joblib.load(path)  # trusted: declared in the plan
+        return joblib.load(path)  # trusted: declared by the caller
     except Exception as e:
         raise ModelLoadError(f"{path}: not a readable scikit-learn pickle ({type(e).__name__})") from None
-    return sklearn_target(estimator, spec)
 
 
 def load_data(section: DataSection, *, seed: int) -> LabelledData:

@@ -1,4 +1,5 @@
-"""The `aisec` typer app: `assess` and `demo` here, the supply-chain commands from `supply_chain.py`.
+"""The `aisec` typer app: `assess` and `demo` here, the supply-chain commands from `supply_chain.py`, `inspect`
+from `inspect.py`.
 
 Heavy libraries are imported inside commands, so `aisec --help` stays fast. Exit codes: 0 policy held,
 1 a finding breaks the policy, 2 bad input, 3 internal error, 130 interrupted.
@@ -6,23 +7,18 @@ Heavy libraries are imported inside commands, so `aisec --help` stays fast. Exit
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from aisec.cli import inspect as cli_inspect
 from aisec.cli import supply_chain as cli_supply_chain
+from aisec.cli.assessment_output import progress_for, summarise
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
 from aisec.core.version import __version__
 from aisec.report import FILE_NAMES
-
-if TYPE_CHECKING:
-    from aisec.assessment.finding import Assessment
-    from aisec.core.progress import Progress
 
 app = typer.Typer(
     name="aisec",
@@ -55,57 +51,12 @@ def _main(
     """aisec: attack your own AI system the way an adversary would, and prove what holds."""
 
 
-@contextmanager
-def _progress(quiet: bool) -> Iterator[Progress]:
-    """Bars on a terminal; one line per step where standard error is a log (CI, a pipe); nothing if quiet."""
-    from aisec.core.progress import LineProgress, NullProgress, RichProgress
-
-    if quiet:
-        yield NullProgress()
-        return
-    if not console.is_terminal:
-        yield LineProgress(sys.stderr)
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bars:
-        yield RichProgress(bars)
-
-
 def _formats(value: str) -> tuple[str, ...]:
     chosen = tuple(f.strip() for f in value.split(",") if f.strip())
     bad = [f for f in chosen if f not in FORMATS]
     if bad or not chosen:
         raise typer.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
     return chosen
-
-
-def _summarise(assessment: Assessment, paths: dict[str, Path]) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{assessment.name}: {len(assessment.findings)} finding(s)")
-    for column in ("rule", "severity", "finding", "policy"):
-        table.add_column(column)
-    for f in assessment.findings:
-        verdict = "[red]broken[/red]" if f.breaks_policy else "held" if f.policy else "-"
-        table.add_row(
-            f.rule_id,
-            f.severity.value,
-            f.title + ("" if f.reliable else " [yellow](unreliable)[/yellow]"),
-            verdict,
-        )
-    console.print(table)
-    verdict = "[green]policy held[/green]" if assessment.passed else "[red]policy broken[/red]"
-    console.print(f"{verdict}; reports:")
-    for kind, path in paths.items():
-        console.print(f"  {kind:6} {plain(path)}")
 
 
 @app.command()
@@ -126,10 +77,10 @@ def assess(
         from aisec.report.writer import write_reports
 
         loaded, digest = load_plan(plan)
-        with _progress(quiet) as progress:
+        with progress_for(quiet) as progress:
             assessment = run_plan(loaded, plan_path=plan, plan_sha256=digest, progress=progress)
         paths = write_reports(assessment, output, formats)
-        _summarise(assessment, paths)
+        summarise(assessment, paths)
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 
     guarded(run)
@@ -157,10 +108,10 @@ def demo(
             "training the demo CNN on digits and assessing it: evasion, extraction, inversion, membership "
             f"inference, poisoning and backdoors, with their defences ({duration} on 2 CPU cores)..."
         )
-        with _progress(quiet) as progress:
+        with progress_for(quiet) as progress:
             plan_path, assessment = run_demo(output, progress, full=full)
         paths = write_reports(assessment, output, FORMATS)
-        _summarise(assessment, paths)
+        summarise(assessment, paths)
         console.print(f"plan used: {plain(plan_path)}\nopen {plain(paths['html'])}")
         return EXIT_OK
 
@@ -168,3 +119,4 @@ def demo(
 
 
 cli_supply_chain.register(app)
+cli_inspect.register(app)

@@ -110,8 +110,9 @@ FULL_DEMO_PLAN = {
 
 
 def prepare_demo(workdir: Path, *, seed: int = 0, full: bool = False) -> Path:
-    """Train the demo model, save its weights and the plan (DEMO_PLAN, or FULL_DEMO_PLAN) under `workdir`;
-    return the plan's path."""
+    """Train the demo model, save its weights, its clean test split (`clean.npz`, arrays x and y) and the plan
+    (DEMO_PLAN, or FULL_DEMO_PLAN) under `workdir`; return the plan's path."""
+    import numpy as np
     import torch
 
     from aisec.core.seeding import build_model
@@ -123,6 +124,8 @@ def prepare_demo(workdir: Path, *, seed: int = 0, full: bool = False) -> Path:
     model = fit(build_model(digits_cnn, seed), split.train, seed=seed)
     (workdir / "model").mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), workdir / "model" / "digits_cnn.pt")
+    # the clean data `aisec inspect` checks the model file with (make demo), as a user would hold it
+    np.savez(workdir / "clean.npz", x=split.test.x.numpy(), y=split.test.y.numpy())
     plan_path = workdir / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(FULL_DEMO_PLAN if full else DEMO_PLAN, sort_keys=False))
     return plan_path

@@ -180,7 +180,8 @@ def _format_duration(seconds: float) -> str:
 
 
 def _chart_uri(chart: Chart) -> str:
-    """The chart as an SVG data: URI: a line per series, with a band where it has lower and upper bounds."""
+    """The chart as an SVG data: URI: a line per series, with a band where it has lower and upper bounds, or
+    bars side by side (`kind="bar"`)."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
     from matplotlib.rcsetup import cycler  # the one matplotlib exports as matplotlib.cycler
@@ -196,6 +197,11 @@ def _chart_uri(chart: Chart) -> str:
                         f"chart {chart.id!r}, series {series.label!r}: {len(series.x)} x values "
                         f"but {len(points)} {name} values"
                     )
+            if chart.kind == "bar":
+                width = 0.8 / len(chart.series)
+                shift = (chart.series.index(series) - (len(chart.series) - 1) / 2) * width
+                axes.bar([x + shift for x in series.x], series.y, width=width, label=_plain(series.label))
+                continue
             (line,) = axes.plot(series.x, series.y, marker="o", markersize=3, label=_plain(series.label))
             if series.lower is not None and series.upper is not None:
                 axes.fill_between(

@@ -1,0 +1,61 @@
+"""What the commands that run an assessment (`assess`, `demo`, `inspect`) share: progress while it runs, and
+the summary table of its findings and reports afterwards."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aisec.cli.support import console, plain
+
+if TYPE_CHECKING:
+    from aisec.assessment.finding import Assessment
+    from aisec.core.progress import Progress
+
+
+@contextmanager
+def progress_for(quiet: bool) -> Iterator[Progress]:
+    """Bars on a terminal; one line per step where standard error is a log (CI, a pipe); nothing if quiet."""
+    from aisec.core.progress import LineProgress, NullProgress, RichProgress
+
+    if quiet:
+        yield NullProgress()
+        return
+    if not console.is_terminal:
+        yield LineProgress(sys.stderr)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
+        yield RichProgress(bars)
+
+
+def summarise(assessment: Assessment, paths: dict[str, Path]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{assessment.name}: {len(assessment.findings)} finding(s)")
+    for column in ("rule", "severity", "finding", "policy"):
+        table.add_column(column)
+    for f in assessment.findings:
+        verdict = "[red]broken[/red]" if f.breaks_policy else "held" if f.policy else "-"
+        table.add_row(
+            f.rule_id,
+            f.severity.value,
+            f.title + ("" if f.reliable else " [yellow](unreliable)[/yellow]"),
+            verdict,
+        )
+    console.print(table)
+    verdict = "[green]policy held[/green]" if assessment.passed else "[red]policy broken[/red]"
+    console.print(f"{verdict}; reports:")
+    for kind, path in paths.items():
+        console.print(f"  {kind:6} {plain(path)}")
