@@ -246,11 +246,7 @@ def explanations_finding(
         severity=Severity.INFO,
         message=(
             f"What the model looks at, by {', '.join(methods)}, on {len(data)} clean samples: "
-            + (
-                "per class, the mean attribution map."
-                if galleries
-                else "per feature, what it carries."
-            )
+            + ("per class, the mean attribution map." if galleries else "per feature, what it carries.")
         ),
         recommendation=(
             "Check that each class rests on the object, not on its background, a border or a mark; the shortcut "
