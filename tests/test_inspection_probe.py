@@ -175,3 +175,27 @@ def test_a_tabular_torch_model_gets_attributions_per_feature_and_permutation_imp
     assert len(explanations.charts) == 2  # integrated gradients per feature, permutation importance
     rows = {row[0]: row for row in result.finding("AISEC-INS-003").tables[0].rows}
     assert "images" in rows["backdoor scan (Neural Cleanse, MM-BD)"][2]
+
+
+@pytest.mark.training
+def test_the_probe_names_a_watermark_class_and_region_with_its_attribution_map() -> None:
+    from watermark_zoo import TEST_ZOO as WATERMARKS
+    from watermark_zoo import inspection_data as marked_data
+    from watermark_zoo import overlaps, train_watermarked
+
+    spec = WATERMARKS[
+        0
+    ]  # a 2x2 mark in the top-left corner on every image of class 3 (tests/test_shortcuts.py)
+    data = marked_data(spec, marked=True)
+    model = train_watermarked(spec)
+    result = aisec.assess(model, data.x, data.y, plan={"probes": {"inspection": {}}, "target": DIGITS_INPUT})
+    shortcut = result.finding("AISEC-AUD-001")
+    assert shortcut.metric("shortcut_class").value == spec.target
+    assert shortcut.severity.value == "medium"
+    mark = (spec.mark.top, spec.mark.left, spec.mark.height, spec.mark.width)
+    row = next(r for r in shortcut.tables[0].rows if r[0] == spec.target)
+    region_top, region_left = (int(v) for v in row[2].split(" ")[0].split(","))
+    height, width = (int(v) for v in row[2].split(" ")[1].split("x"))
+    assert overlaps(mark, (region_top, region_left, height, width))
+    captions = [p.caption for p in shortcut.galleries[0].pictures]
+    assert captions[0].startswith(f"class {spec.target}: mean |attribution|")

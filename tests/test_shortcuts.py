@@ -2,10 +2,18 @@
 clean twins quiet with clean and with watermarked data, a leaked tabular feature flagged with its class, and the
 mechanics on a hand-built black box.
 
-Figures of tests/watermark_zoo.py's TEST_ZOO (integrated gradients over the test split, window 2, generator 0),
-measured with `bench/seed_study.py test_shortcuts --seeds 0-5 --capabilities native,default` (each recipe of
-the zoo trained from seeds 0-5; `figures` below):
-FIGURES
+Seed study of TEST_ZOO's three recipes (`bench/seed_study.py test_shortcuts --seeds 0-5 --capabilities
+native,default --threads 1`, n = 12 per recipe; integrated gradients at 32 steps over the test split, window 2):
+- tl-solid-c3: caught 12/12; mass share 0.47-0.63, 83-133 times the others', survival 0.07-0.40, flip 0.59-0.87;
+- br-checker-c7: caught 11/12 (seed 0, native kernels: mass share 0.299, survival 0.91, just short of the rule);
+  mass share 0.30-0.47, 11-21 times, survival 0.44-0.91, flip 0.03-0.38;
+- left-solid-c5: caught 12/12; mass share 0.50-0.64, 32-60 times, survival 0-0.31, flip 0.28-0.97;
+- the twins: never flagged, with clean or with watermarked data; their largest class mass share 0.28-0.35, at
+  most 4.2 times the others' with clean data; with watermarked data up to 50 times (tl-solid-c3's twin puts
+  0.24 of class 3's mass on the mark) and 7.1 for br-checker-c7's.
+The zoo's own models (seeds 0, 1, 2), native and default kernels: tl-solid-c3 0.50 / 124x / survival 0.38-0.40 /
+flip 0.60-0.61; br-checker-c7 0.44-0.47 / 20-21x / 0.44-0.59 / 0.07-0.10; left-solid-c5 0.64 / 59-60x / 0 /
+0.95-0.97. bench/shortcut_zoo.py runs the larger zoo (16 models and their twins).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import torch
 from watermark_zoo import (
     TEST_ZOO,
     WatermarkModel,
+    digits,
     inspect,
     inspection_data,
     overlaps,
@@ -74,9 +83,9 @@ def test_watermark_model_is_caught_with_its_class_and_region(spec: WatermarkMode
     assert result.shortcut_class == spec.target
     assert result.region is not None and overlaps(result.region, spec.mark.region)
     strategy = result.classes[spec.target]
-    assert strategy.flagged and strategy.label == spec.target
-    assert strategy.mass_share >= 0.4 and strategy.mass_share >= 15 * strategy.others_share
-    assert strategy.survival <= 0.7 or strategy.flip_rate >= 0.5
+    assert strategy.label == spec.target and strategy.samples == int((digits().test.y == spec.target).sum())
+    assert strategy.mass_share >= 0.35 and strategy.mass_share >= 10 * strategy.others_share
+    assert strategy.survival <= 0.8 or strategy.flip_rate >= 0.4
     assert [s.label for s in result.classes if s.flagged] == [spec.target]
 
 
@@ -92,7 +101,7 @@ def test_clean_twin_is_quiet(spec: WatermarkModel, marked: bool) -> None:
         # the twin may look at the mark, but its labels do not follow it
         twin = result.classes[spec.target]
         if overlaps(twin.region, spec.mark.region):
-            assert twin.survival >= 0.9 and twin.flip_rate < 0.25
+            assert twin.survival >= 0.9 and twin.flip_rate < 0.3
 
 
 # --- the mechanics on a hand-built black box (no training) ---------------------------------------------------
@@ -238,16 +247,18 @@ def wine_importance(seed: int, leak: bool):
 @pytest.mark.training
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_leaked_feature_is_flagged_with_its_class(seed: int) -> None:
-    # measured over seeds 0-2: share TABLEAK
+    # seeds 0-5: the leak's share of the drop 0.61-0.77, 4.5-10.5 times the second, class 0's recall drop
+    # 0.57-0.68 (seeds 0-2: 0.61-0.77, 4.7-10.5, 0.65-0.68)
     result = tabular_shortcuts(wine_importance(seed, True))
     assert result.flagged and result.feature == 13 and result.collapsed_class == LEAK_CLASS
-    assert result.importance_share >= 0.55 and result.ratio_to_second >= 4 and result.recall_drop >= 0.6
+    assert result.importance_share >= 0.55 and result.ratio_to_second >= 4 and result.recall_drop >= 0.55
 
 
 @pytest.mark.training
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_model_without_a_leak_is_quiet(seed: int) -> None:
-    # measured over seeds 0-2: share TABCLEAN
+    # seeds 0-5: the top feature's share 0.28-0.66, 1.0-3.7 times the second, largest recall drop 0.18-0.42
+    # (seeds 0-2: 0.29-0.49, 1.0-1.8, 0.21-0.33)
     result = tabular_shortcuts(wine_importance(seed, False))
     assert not result.flagged and result.ratio_to_second < 2.5
 

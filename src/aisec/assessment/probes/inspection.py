@@ -32,6 +32,7 @@ from aisec.defend.auditability.explanations import (
     Attributions,
     ExplanationConfig,
     attribute,
+    class_mean_maps,
     completeness_error,
     permutation_importance,
 )
@@ -168,7 +169,15 @@ class InspectionProbe:
                 generator=generator,
             )
             findings.append(
-                image_shortcut_finding(shortcut, basis, _class_examples(data), spec, context, data)
+                image_shortcut_finding(
+                    shortcut,
+                    basis,
+                    class_mean_maps(attributions[basis].values, data.y, spec.num_classes),
+                    _class_examples(data),
+                    spec,
+                    context,
+                    data,
+                )
             )
             checks.append(Check("shortcut check", True, f"on {basis.replace('_', ' ')} attributions"))
         else:

@@ -176,7 +176,8 @@ def explanations_finding(
     spec: InputSpec,
     context: AssessmentContext,
 ) -> Finding:
-    """Per-class mean attribution maps for images; the permutation importance chart for tabular data."""
+    """Per-class mean attribution maps for images; per-feature charts (mean |attribution|, permutation
+    importance) for tabular data."""
     galleries, charts = [], []
     for method, result in attributions.items():
         if result.values.dim() != 4:  # tabular: the mean |attribution| of each feature
@@ -268,6 +269,7 @@ def _unit(values: torch.Tensor) -> torch.Tensor:
 def image_shortcut_finding(
     result: ShortcutResult,
     method: str,
+    maps: torch.Tensor,
     examples: dict[int, torch.Tensor],
     spec: InputSpec,
     context: AssessmentContext,
@@ -321,6 +323,11 @@ def image_shortcut_finding(
         region_only = torch.full_like(sample, float(spec.lower) if not isinstance(spec.lower, tuple) else 0.0)
         region_only[..., top : top + h, left : left + w] = sample[..., top : top + h, left : left + w]
         pictures = [
+            Picture(
+                f"class {k}: mean |attribution| ({METHOD_NAMES[method]})",
+                _unit(maps[k]).tolist(),
+                (("mass share in the region", f"{by_class[k].mass_share:.0%}"),),
+            ),
             Picture(f"class {k}: a clean example", pixels(sample, spec)),
             Picture(f"class {k}: the region alone", pixels(region_only, spec)),
         ]

@@ -21,17 +21,31 @@ any function that labels inputs (a black box will do):
    mark that every image of the class has.
 
 A class is flagged when its region holds a large share of its mass, many times what the region holds for the
-other classes, and the model's labels follow the region (low survival or high flip rate). Measured on digits
-CNNs with a 2x2 to 3x3 watermark on every image of one class, in training and in the inspected data
-(tests/test_shortcuts.py, bench/shortcut_zoo.py; integrated gradients, window 2): the watermarked class held
-0.30-0.64 of its mass in the window (0.001-0.07 for the other classes) where the model relied on the mark,
-with survival 0-0.91 and flip rate 0.04-0.97. Natural classes of the same models and of their clean twins held
-at most 0.39, at most 6.6 times the other classes' share; a clean twin inspected with watermarked data put at
-most 0.29 of the class's mass on the mark (up to 48 times the others') but kept the class when it was occluded
-(survival >= 0.96) and flipped at most 0.2 of the other inputs.
+other classes, and the model's labels follow the region (low survival or high flip rate). The thresholds come
+from digits CNNs with a 1x2 to 3x3 watermark on every image of one class, in training and in the inspected data,
+and their clean twins (tests/test_shortcuts.py, bench/shortcut_zoo.py; integrated gradients, window 2). Where a
+model was caught, the marked class held 0.33-0.64 of its mass in the window against 0.001-0.07 for the other
+classes, with survival 0-0.73 and flip rate 0.04-0.97. The other classes of those models and of the twins held
+at most 0.39, at most 6.5 times the other classes' share, and pasting their region flipped at most 0.13. A twin
+inspected with watermarked data put at most 0.28 of the class's mass on the mark (up to 49 times the others'),
+but it kept the class when the mark was occluded (survival >= 0.96) and pasting the mark flipped at most 0.2.
+What the check misses: a mark that the other classes' evidence also covers (a mark in the middle of the digit:
+others' share 0.11, concentration 3), and a faint mark (half brightness, 0.28 of the mass), even where the
+model relies on it. SpRAy split the classes of clean and marked models alike into 1-5 clusters (mostly 1-2) of
+similar size: with the mark on every image of its class there is no sub-strategy to find. The marked class
+stands out across classes instead, its maps tighter and on fewer pixels (`area_ratio` 0.43-1.03, median 0.6,
+where caught; >= 0.73 for the other classes): reported, not part of the rule.
 
 Tabular models: from permutation importance (`explanations.permutation_importance`), a feature whose accuracy
 drop dwarfs the others' and whose permutation collapses one class's recall: a column that leaks that class.
+Importance alone cannot tell a leak from a genuinely decisive feature; the check points a reviewer at it. On the
+wine set (3 classes) an L1 logistic regression with a column leaking class 0 gave that column 0.61-0.77 of the
+drop, 4.5-10.5 times the second, and class 0 lost 0.57-0.68 of its recall; the same model without the leak
+gave its top feature at most 0.66 of the drop and 3.7 times the second, and no class lost more than 0.42. A
+class's recall can fall by at most the share of samples not of that class, so `min_recall_drop` (0.5) suits a
+few classes; a leak of a class whose two neighbours still need a feature of their own to be told apart leaves
+that feature a large drop too (ratio 1.4-2.0 for a class-2 leak on wine, seeds 0-2), and is missed at the
+default ratio.
 """
 
 from __future__ import annotations
@@ -50,6 +64,10 @@ if TYPE_CHECKING:
     from aisec.defend.auditability.explanations import PermutationImportance
 
 Region = tuple[int, int, int, int]
+
+
+def _not_int(value: object) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int)
 
 
 @dataclass(frozen=True)
@@ -77,13 +95,13 @@ class ShortcutConfig:
     min_recall_drop: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.window is not None and (not isinstance(self.window, int) or self.window < 1):
+        if self.window is not None and (_not_int(self.window) or self.window < 1):
             raise BadInputError(f"shortcuts: window must be a positive integer or None, got {self.window!r}")
         for name in ("samples_per_class", "spray_size", "neighbours"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if _not_int(value) or value < 1:
                 raise BadInputError(f"shortcuts: {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.max_clusters, int) or self.max_clusters < 2:
+        if _not_int(self.max_clusters) or self.max_clusters < 2:
             raise BadInputError(f"shortcuts: max_clusters must be an integer >= 2, got {self.max_clusters!r}")
         for name in (
             "min_mass_share",
@@ -166,8 +184,8 @@ def image_shortcuts(
     generator: torch.Generator | None = None,
 ) -> ShortcutResult:
     """Each class's attribution region, SpRAy clusters and counterfactual figures, and the class (if any) that a
-    small region decides. `labels_fn(batch) -> (len(batch),)` labels; it is called once on the sampled inputs
-    and once per class on that class's occluded and pasted inputs.
+    small region decides. `labels_fn(batch) -> (len(batch),)` labels, given CPU float batches; it is called once
+    on the sampled inputs and once per class on that class's occluded and pasted inputs.
 
     Raises DataError before any call to `labels_fn`: inputs not (n, C, H, W), attributions of another shape,
     labels not (n,) integers, non-finite values, inputs outside [lower, upper], fewer than two classes, or a
