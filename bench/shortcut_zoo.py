@@ -12,12 +12,16 @@ classes' inputs that stamping the mark sends to the class, and the class's recal
 model "relies" on its mark when stamping moves >= 0.2 of the other inputs or removing it loses >= 0.2 of the
 recall; a mark the model did not learn cannot be caught, and such models are counted apart.
 
-    .venv/bin/python bench/shortcut_zoo.py                 # STUDY_ZOO, models cached on disk
+    .venv/bin/python bench/shortcut_zoo.py                 # STUDY_ZOO: 137 s with training, 1 thread, busy 2-core box
     .venv/bin/python bench/shortcut_zoo.py --zoo test
 
 Per model: the figures of the mark's class, what the check flagged, whether it was caught (flagged class =
 the mark's class, region overlapping the mark), and whether the twin was flagged on either data. Then a
 summary line. Models are cached under bench/results/cache/shortcut_zoo/ by recipe.
+
+Result (STUDY_ZOO): caught 10/16, all with the right class and region; 10 of the 12 models that rely on their
+mark. Missed: a mark in the middle of the digit, where the other classes' evidence lies too (concentration 3),
+and a half-bright mark (mass share 0.28). Twins flagged 0/16, with clean and with watermarked data.
 """
 
 from __future__ import annotations
