@@ -129,9 +129,7 @@ def inspect(
     `probes.inspection` added to the plan's probes (its keys there configure it) and `policy.fail_on` medium
     unless the plan gives it. `model` is anything `assess` takes. A model file is inspected by
     `inspect_file`, which checks the file before loading it."""
-    given = plan if plan is not None else {}
-    if not isinstance(given, Mapping):
-        raise PlanError(f"plan: a plan is a mapping with the keys of a plan file, got {type(given).__name__}")
+    given = _mapping(plan if plan is not None else {})
     probes = given.get("probes") or {}
     policy = given.get("policy") or {}
     for key, value in (("probes", probes), ("policy", policy)):
@@ -207,8 +205,7 @@ def _severity(fail_on: str | None) -> Severity | None:
 def _settings(plan: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The plan as `validate_plan` takes it: keys that name a file refused, `target.kind` set from the model,
     a training set given as arrays made `LabelledData`."""
-    if not isinstance(plan, Mapping):
-        raise PlanError(f"plan: a plan is a mapping with the keys of a plan file, got {type(plan).__name__}")
+    _mapping(plan)
     target = plan.get("target") or {}
     if not isinstance(target, Mapping):
         raise PlanError("plan: target: a mapping with `input`, `device` or `factory`")
@@ -223,6 +220,12 @@ def _settings(plan: Mapping[str, Any], kind: str) -> dict[str, Any]:
         data = given if isinstance(given, LabelledData) else as_labelled(*given, name="training data")
         settings["training"] = {**training, "data": data}
     return settings
+
+
+def _mapping(plan: Any) -> Mapping[str, Any]:
+    if not isinstance(plan, Mapping):
+        raise PlanError(f"plan: a plan is a mapping with the keys of a plan file, got {type(plan).__name__}")
+    return plan
 
 
 def _is_data(value: Any) -> bool:

@@ -10,9 +10,7 @@ one output) is checked before the probe spends anything.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +18,9 @@ import torch
 from pydantic import ValidationError
 
 from aisec.assessment.finding import Assessment
-from aisec.assessment.model_file import check_model_file
+from aisec.assessment.model_file import FileChecks
 from aisec.assessment.plan import InspectionProbeSection, PolicySection, ProbesSection
-from aisec.assessment.runner import apply_fail_on, file_provenance, not_loaded_assessment, run_assessment
+from aisec.assessment.runner import behind_file_checks, run_assessment
 from aisec.assessment.subject import detect_kind, load_model_object, target_of
 from aisec.core.errors import BadInputError, DataError, ModelLoadError
 from aisec.core.progress import NullProgress, Progress
@@ -71,29 +69,50 @@ def inspect_model_file(
     if kind is not None and kind not in KINDS:
         raise BadInputError(f"kind {kind!r}: choose {', '.join(KINDS)} (or none, to tell it from the file)")
     _check_data(data, spec)
-    name = f"inspection of {path.name}"
-    started = datetime.now(timezone.utc)
-    with progress.task("model file: static scan and signature", total=1) as task:
-        checks = check_model_file(
-            path,
-            signature=section.signature,
-            public_key=section.public_key,
-            provenance=file_provenance(data, seed=seed),
-        )
-        task.advance()
-    if not checks.loadable:
-        return not_loaded_assessment(
-            checks,
+
+    def load_and_inspect(checks: FileChecks) -> Assessment:
+        chosen = kind or detect_kind(path, checks.format)
+        _check_kind(path, chosen, factory, trusted)
+        model = load_model_object(chosen, path, factory, trusted)
+        used, spec_source = (spec, "given") if spec is not None else _inferred_spec(chosen, model, path, data)
+        if used.num_classes < 2:
+            raise DataError(
+                f"{path}: the model has {used.num_classes} output class; inspection needs a classifier with at "
+                "least two"
+            )
+        target = target_of(chosen, model, used)
+        _check_outputs(target, data)
+        return run_assessment(
+            target,
             data,
-            name=name,
-            model_source=str(path),
-            spec=spec,
-            input_spec_source="given" if spec is not None else "not inferred: the model was not loaded",
+            ProbesSection.model_validate({"inspection": section}),
             policy=policy,
-            threat_model=None,
-            started=started,
+            seed=seed,
+            name=f"inspection of {path.name}",
+            model_source=str(path),
+            model_sha256=checks.sha256,
+            progress=progress,
+            input_spec_source=spec_source,
         )
-    kind = kind or detect_kind(path, checks.format)
+
+    return behind_file_checks(
+        path,
+        data,
+        section,
+        policy,
+        seed=seed,
+        name=f"inspection of {path.name}",
+        spec=spec,
+        spec_source="given" if spec is not None else "not inferred: the model was not loaded",
+        threat_model=None,
+        assess=load_and_inspect,
+        progress=progress,
+    )
+
+
+def _check_kind(path: Path, kind: str, factory: object, trusted: bool) -> None:
+    """What loading a model of `kind` needs from the caller: trust for TorchScript, a factory for a state dict
+    and none for anything else."""
     if kind == "torchscript" and not trusted:
         raise ModelLoadError(
             f"{path}: a TorchScript archive runs its own code when loaded; pass --trusted (trusted=True) only "
@@ -108,32 +127,6 @@ def inspect_model_file(
             f"{path}: a torch state dict holds weights only; give the factory that builds its module "
             "(--factory package.module:function)"
         )
-    model = load_model_object(kind, path, factory, trusted)
-    if spec is None:
-        spec, spec_source = _inferred_spec(kind, model, path, data)
-    else:
-        spec_source = "given"
-    if spec.num_classes < 2:
-        raise DataError(
-            f"{path}: the model has {spec.num_classes} output class; inspection needs a classifier with at "
-            "least two"
-        )
-    target = target_of(kind, model, spec)
-    _check_outputs(target, data)
-    assessment = run_assessment(
-        target,
-        data,
-        ProbesSection.model_validate({"inspection": section}),
-        policy=policy,
-        seed=seed,
-        name=name,
-        model_source=str(path),
-        model_sha256=checks.sha256,
-        progress=progress,
-        input_spec_source=spec_source,
-    )
-    file_findings = apply_fail_on(checks.findings, policy.fail_on)
-    return dataclasses.replace(assessment, findings=(*file_findings, *assessment.findings))
 
 
 def _check_data(data: LabelledData, spec: InputSpec | None) -> None:

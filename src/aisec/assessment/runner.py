@@ -14,6 +14,7 @@ from aisec.assessment.finding import Assessment, Finding, PolicyCheck, Provenanc
 from aisec.assessment.model_file import FileChecks, check_model_file
 from aisec.assessment.plan import (
     DefencesSection,
+    InspectionProbeSection,
     ObjectTrainingSection,
     Plan,
     PolicySection,
@@ -131,57 +132,65 @@ def run_plan(
     progress: Progress | None = None,
 ) -> Assessment:
     """Load the plan's target and data (failing on bad input before any attack) and run its probes. With
-    `probes.inspection`, the model file is scanned (and its signature verified) before it is loaded: a file
-    that fails is never loaded, and the assessment holds only the file checks' findings."""
-    from aisec.assessment.subject import load_target
+    `probes.inspection`, the model file is scanned (and its signature verified) before it is loaded
+    (`behind_file_checks`)."""
+    from aisec.assessment.subject import load_target, plan_spec, plan_target
 
     inspection = getattr(plan.probes, "inspection", None)
-    file_findings: tuple[Finding, ...] = ()
-    data: LabelledData | None = None
-    if inspection is not None:
-        started = datetime.now(timezone.utc)
+    source = str(plan.target.path)
+    if inspection is None:
+        target, digest = load_target(plan.target)
         data = load_data(plan.data, seed=plan.seed)
-        checks = check_model_file(
-            plan.target.path,
-            signature=inspection.signature,
-            public_key=inspection.public_key,
-            provenance=file_provenance(data, seed=plan.seed),
+        assessment = run_plan_on(
+            target, data, plan, model_source=source, model_sha256=digest, progress=progress
         )
-        if not checks.loadable:
-            given = plan.target.input
-            spec = InputSpec(tuple(given.shape), given.num_classes, given.lower, given.upper)
-            unloaded = not_loaded_assessment(
-                checks,
+    else:
+        data = load_data(plan.data, seed=plan.seed)
+        assessment = behind_file_checks(
+            plan.target.path,
+            data,
+            inspection,
+            plan.policy,
+            seed=plan.seed,
+            name=plan.name,
+            spec=plan_spec(plan.target),
+            spec_source="plan",
+            threat_model=plan.threat_model,
+            assess=lambda checks: run_plan_on(
+                plan_target(plan.target),
                 data,
-                name=plan.name,
-                model_source=str(plan.target.path),
-                spec=spec,
-                input_spec_source="plan",
-                policy=plan.policy,
-                threat_model=plan.threat_model,
-                started=started,
-            )
-            return dataclasses.replace(
-                unloaded, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
-            )
-        file_findings = tuple(apply_fail_on(checks.findings, plan.policy.fail_on))
-    target, digest = load_target(plan.target)
-    data = data if data is not None else load_data(plan.data, seed=plan.seed)
-    assessment = run_plan_on(
-        target, data, plan, model_source=str(plan.target.path), model_sha256=digest, progress=progress
-    )
+                plan,
+                model_source=source,
+                model_sha256=checks.sha256,
+                progress=progress,
+            ),
+            progress=progress,
+        )
     return dataclasses.replace(
-        assessment,
-        findings=(*file_findings, *assessment.findings),
-        plan_path=str(plan_path) if plan_path else None,
-        plan_sha256=plan_sha256,
+        assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
     )
 
 
-def file_provenance(data: LabelledData, *, seed: int) -> Provenance:
-    """The provenance the model-file checks start from: this run's seed and data (the file checks add the
-    file's sha256 and what they checked)."""
-    return Provenance(
+def behind_file_checks(
+    path: Path,
+    data: LabelledData,
+    inspection: InspectionProbeSection,
+    policy: PolicySection,
+    *,
+    seed: int,
+    name: str,
+    spec: InputSpec | None,
+    spec_source: str,
+    threat_model: ThreatModel | None,
+    assess: Callable[[FileChecks], Assessment],
+    progress: Progress | None = None,
+) -> Assessment:
+    """The model file's checks (static scan, then the signature when `inspection.public_key` is given) before
+    `assess(checks)` loads the model and runs the probes; their findings, with `policy.fail_on` applied, come
+    first. A file that fails them is never loaded: the assessment then holds only their findings, and its
+    subject is what is known without the model (`spec`, else the data's sample shape and no classes)."""
+    started = datetime.now(timezone.utc)
+    provenance = Provenance(
         tool_version=__version__,
         seed=seed,
         samples=0,
@@ -189,23 +198,15 @@ def file_provenance(data: LabelledData, *, seed: int) -> Provenance:
         data_sha256=data.sha256,
         settings={},
     )
-
-
-def not_loaded_assessment(
-    checks: FileChecks,
-    data: LabelledData,
-    *,
-    name: str,
-    model_source: str,
-    spec: InputSpec | None,
-    input_spec_source: str,
-    policy: PolicySection,
-    threat_model: ThreatModel | None,
-    started: datetime,
-) -> Assessment:
-    """The assessment of a model the file checks kept from being loaded: their findings only (with
-    `policy.fail_on` applied), the subject as far as it is known without the model (the sample shape from the
-    data and no classes when no input spec is given)."""
+    with (progress or NullProgress()).task("model file: static scan and signature", total=1) as task:
+        checks = check_model_file(
+            path, signature=inspection.signature, public_key=inspection.public_key, provenance=provenance
+        )
+        task.advance()
+    file_findings = tuple(apply_fail_on(checks.findings, policy.fail_on))
+    if checks.loadable:
+        assessment = assess(checks)
+        return dataclasses.replace(assessment, findings=(*file_findings, *assessment.findings))
     return Assessment(
         name=name,
         tool_version=__version__,
@@ -216,15 +217,15 @@ def not_loaded_assessment(
             access="none",
             input_shape=tuple(spec.shape) if spec is not None else tuple(data.x.shape[1:]),
             num_classes=spec.num_classes if spec is not None else 0,
-            model_source=model_source,
+            model_source=str(path),
             model_sha256=checks.sha256,
             data_name=data.name,
             data_samples=len(data),
             data_sha256=data.sha256,
-            input_spec_source=input_spec_source,
+            input_spec_source=spec_source,
         ),
         threat_model=(threat_model or ThreatModel()).model_dump(mode="json"),
-        findings=tuple(apply_fail_on(checks.findings, policy.fail_on)),
+        findings=file_findings,
     )
 
 

@@ -43,15 +43,19 @@ def load_target(section: TargetSection) -> tuple[Target, str]:
     path = Path(section.path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: model file not found")
-    spec = InputSpec(
-        shape=tuple(section.input.shape),
-        num_classes=section.input.num_classes,
-        lower=section.input.lower,
-        upper=section.input.upper,
-    )
-    digest = file_sha256(path)
-    model = load_model_object(section.kind, path, section.factory, section.trusted)
-    return target_of(section.kind, model, spec, device=section.device), digest
+    return plan_target(section), file_sha256(path)
+
+
+def plan_target(section: TargetSection) -> Target:
+    """The target described by a plan (its file hashed by the caller, or already by the scanner)."""
+    model = load_model_object(section.kind, Path(section.path), section.factory, section.trusted)
+    return target_of(section.kind, model, plan_spec(section), device=section.device)
+
+
+def plan_spec(section: TargetSection) -> InputSpec:
+    """The input spec a plan's `target.input` gives."""
+    given = section.input
+    return InputSpec(tuple(given.shape), given.num_classes, given.lower, given.upper)
 
 
 def load_model_object(kind: str, path: Path, factory: str | Callable[[], Any] | None, trusted: bool) -> Any:

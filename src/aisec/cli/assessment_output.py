@@ -1,5 +1,5 @@
-"""What the commands that run an assessment (`assess`, `demo`, `inspect`) share: progress while it runs, and
-the summary table of its findings and reports afterwards."""
+"""What the commands that run an assessment (`assess`, `demo`, `inspect`) share: the report formats they
+accept, progress while it runs, and the summary table of its findings and reports afterwards."""
 
 from __future__ import annotations
 
@@ -10,10 +10,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aisec.cli.support import console, plain
+from aisec.core.errors import BadInputError
+from aisec.report import FILE_NAMES
 
 if TYPE_CHECKING:
     from aisec.assessment.finding import Assessment
     from aisec.core.progress import Progress
+
+
+def report_formats(value: str) -> tuple[str, ...]:
+    """--format: a comma-separated list of json, html, sarif, junit; BadInputError (exit 2) naming a bad one."""
+    chosen = tuple(part.strip() for part in value.split(",") if part.strip())
+    bad = [f for f in chosen if f not in FILE_NAMES]
+    if bad or not chosen:
+        raise BadInputError(f"--format {value!r}: choose from {', '.join(FILE_NAMES)}")
+    return chosen
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import typer
 
 from aisec.cli import inspect as cli_inspect
 from aisec.cli import supply_chain as cli_supply_chain
-from aisec.cli.assessment_output import progress_for, summarise
+from aisec.cli.assessment_output import progress_for, report_formats, summarise
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
 from aisec.core.version import __version__
@@ -51,14 +51,6 @@ def _main(
     """aisec: attack your own AI system the way an adversary would, and prove what holds."""
 
 
-def _formats(value: str) -> tuple[str, ...]:
-    chosen = tuple(f.strip() for f in value.split(",") if f.strip())
-    bad = [f for f in chosen if f not in FORMATS]
-    if bad or not chosen:
-        raise typer.BadParameter(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
-    return chosen
-
-
 @app.command()
 def assess(
     plan: Annotated[Path, typer.Argument(help="The assessment plan (YAML); see docs/plan.md.")],
@@ -69,9 +61,9 @@ def assess(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Red-team a model as the plan says; exit 1 when a finding breaks the plan's policy."""
-    formats = _formats(format)
 
     def run() -> int:
+        formats = report_formats(format)
         from aisec.assessment.plan import load_plan
         from aisec.assessment.runner import run_plan
         from aisec.report.writer import write_reports

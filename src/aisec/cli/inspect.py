@@ -15,13 +15,13 @@ from typing import Annotated
 
 import typer
 
-from aisec.cli.assessment_output import progress_for, summarise
+from aisec.cli.assessment_output import progress_for, report_formats, summarise
+from aisec.cli.scan import SEVERITIES
 from aisec.cli.support import guarded
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 from aisec.report import FILE_NAMES
 
 KINDS = ("auto", "torch", "torchscript", "onnx", "sklearn")
-SEVERITIES = ("info", "low", "medium", "high", "critical")
 
 
 def inspect(
@@ -94,7 +94,7 @@ def inspect(
         from aisec.report.writer import write_reports
         from aisec.targets.base import InputSpec
 
-        formats = _formats(format)
+        formats = report_formats(format)
         if kind not in KINDS:
             raise BadInputError(f"--kind {kind!r}: choose {', '.join(KINDS)}")
         if fail_on not in SEVERITIES:
@@ -133,14 +133,6 @@ def inspect(
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 
     guarded(run)
-
-
-def _formats(value: str) -> tuple[str, ...]:
-    chosen = _names(value)
-    bad = [f for f in chosen if f not in FILE_NAMES]
-    if bad or not chosen:
-        raise BadInputError(f"--format {value!r}: choose from {', '.join(FILE_NAMES)}")
-    return chosen
 
 
 def _names(value: str) -> tuple[str, ...]:

@@ -22,12 +22,12 @@ from aisec.assessment.probes.inspection_findings import (
     backdoor_finding,
     coverage_finding,
     explanations_finding,
+    first_of_each_class,
     image_shortcut_finding,
     tabular_shortcut_finding,
 )
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import DataError
-from aisec.data.dataset import LabelledData
 from aisec.defend.auditability.explanations import (
     Attributions,
     ExplanationConfig,
@@ -173,7 +173,7 @@ class InspectionProbe:
                     shortcut,
                     basis,
                     class_mean_maps(attributions[basis].values, data.y, spec.num_classes),
-                    _class_examples(data),
+                    first_of_each_class(data),
                     spec,
                     context,
                     data,
@@ -190,11 +190,3 @@ class InspectionProbe:
 
 def _floats(bound: float | tuple[float, ...]) -> tuple[float, ...]:
     return tuple(float(b) for b in bound) if isinstance(bound, tuple) else (float(bound),)
-
-
-def _class_examples(data: LabelledData) -> dict[int, torch.Tensor]:
-    """One clean sample per class (the first in the data), for the report's pictures."""
-    examples: dict[int, torch.Tensor] = {}
-    for i, label in enumerate(data.y.tolist()):
-        examples.setdefault(int(label), data.x[i])
-    return examples

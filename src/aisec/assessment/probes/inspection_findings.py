@@ -84,8 +84,9 @@ def backdoor_finding(
         )
         for i, t in enumerate(nc.triggers)
     )
-    examples = _examples_of_other_classes(data, shown, 4)
-    stamped = (1 - trigger.mask) * examples + trigger.mask * trigger.pattern
+    others = [(k, x) for k, x in first_of_each_class(data).items() if k != shown][:4]
+    clean = torch.stack([x for _, x in others])
+    stamped = (1 - trigger.mask) * clean + trigger.mask * trigger.pattern
     pictures = [
         Picture(
             f"reversed trigger for class {shown}",
@@ -94,9 +95,7 @@ def backdoor_finding(
         ),
         Picture(f"MM-BD: input maximising class {shown}'s margin", pixels(mm.maximisers[shown], spec)),
     ]
-    pictures += [
-        Picture(f"clean, class {int(y)}", pixels(x, spec)) for x, y in examples_with_labels(data, shown, 4)
-    ]
+    pictures += [Picture(f"clean, class {k}", pixels(x, spec)) for k, x in others]
     pictures += [Picture(f"with the trigger -> {shown}", pixels(x, spec)) for x in stamped]
     return Finding(
         rule_id=INSPECTED_BACKDOOR.id,
@@ -151,21 +150,12 @@ def backdoor_finding(
     )
 
 
-def _examples_of_other_classes(data: LabelledData, label: int, count: int) -> torch.Tensor:
-    return torch.stack([x for x, _ in examples_with_labels(data, label, count)])
-
-
-def examples_with_labels(data: LabelledData, label: int, count: int) -> list[tuple[torch.Tensor, int]]:
-    """The first `count` samples not of class `label`, one per class while classes last."""
-    chosen: list[tuple[torch.Tensor, int]] = []
-    seen: set[int] = set()
-    for x, y in zip(data.x, data.y.tolist(), strict=True):
-        if y != label and y not in seen:
-            chosen.append((x, int(y)))
-            seen.add(int(y))
-        if len(chosen) == count:
-            break
-    return chosen
+def first_of_each_class(data: LabelledData) -> dict[int, torch.Tensor]:
+    """The first sample of each class in the data, by class, for the report's pictures."""
+    examples: dict[int, torch.Tensor] = {}
+    for x, label in zip(data.x, data.y.tolist(), strict=True):
+        examples.setdefault(int(label), x)
+    return dict(sorted(examples.items()))
 
 
 def explanations_finding(

@@ -12,7 +12,6 @@ at least as suspect, from `zoo_calibration.json` (written by `bench/inspection.p
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -171,7 +170,7 @@ def calibrate(norm_ratio: float, p_value: float, *, by_p_value: bool) -> ZooCali
     ratios = [m["norm_ratio"] for m in zoo["clean"]]
     p_values = [m["p_value"] for m in zoo["clean"]]
     ratio_low = sum(r <= norm_ratio for r in ratios)
-    p_low = sum(p <= p_value or (math.isnan(p) and math.isnan(p_value)) for p in p_values)
+    p_low = sum(p <= p_value for p in p_values)
     return ZooCalibration(
         clean_models=len(ratios),
         norm_ratio_as_low=ratio_low,

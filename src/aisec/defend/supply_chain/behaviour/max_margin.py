@@ -45,6 +45,7 @@ from torch import nn
 
 from aisec.core.errors import BadInputError, DataError
 from aisec.core.progress import NullProgress, Progress
+from aisec.core.training import evaluating
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,7 @@ def max_margin_scan(
         raise BadInputError(
             f"max margin: input bounds must be finite with lower < upper, got [{lower}, {upper}]"
         )
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         num_classes = _check_model(model, shape, lower, upper, device)
         generator = generator or torch.Generator().manual_seed(0)
@@ -118,8 +117,6 @@ def max_margin_scan(
             statistics, maximisers = _ascend(
                 model, shape, num_classes, config, lower, upper, generator, device, task.advance
             )
-    finally:
-        model.train(was_training)
     if not torch.isfinite(statistics).all():
         bad = int((~torch.isfinite(statistics)).nonzero()[0])
         raise DataError(f"max margin: the model's logits became non-finite while ascending class {bad}")
