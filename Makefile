@@ -17,7 +17,7 @@ CONSTRAINTS := $(VENV)/constraints.txt
 STAMP := $(VENV)/.aisec-installed
 DEMO_STAMP := $(VENV)/.aisec-demo
 
-.PHONY: demo test test-all test-portable bench fuzz lint clean
+.PHONY: demo test test-all test-portable bench fuzz lint clean services
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,24 +44,44 @@ $(VENV)/.aisec-bench: $(STAMP)
 	$(PIP) install --quiet -c $(CONSTRAINTS) picklescan modelscan fickling
 	touch $@
 
+# Every step is recorded in a tamper-evident audit log (docs/audit.md), verified at the end.
+demo: export AISEC_AUDIT_LOG = $(OUT)/audit.db
+demo: export AISEC_AUDIT_KEY = $(OUT)/audit.key
 demo: $(DEMO_STAMP)
+	@mkdir -p $(OUT)
+	@test -f $(OUT)/audit.key || $(BIN)/aisec keygen --type ed25519 $(OUT)/audit.key $(OUT)/audit.pub
 	$(BIN)/aisec demo --output $(OUT) $(DEMO_ARGS)
 	# Supply chain: scan the model file the demo wrote, then describe it in a CycloneDX ML-BOM.
 	$(BIN)/aisec scan $(OUT)/model --json $(OUT)/scan.json --sarif $(OUT)/scan.sarif
 	$(BIN)/aisec bom $(OUT)/model --output $(OUT)/bom.cdx.json --framework pytorch --dataset digits
 	# A model you did not build: inspect the model file with clean data only (backdoors, shortcuts, explanations).
 	$(BIN)/aisec inspect $(OUT)/model/digits_cnn.pt --data $(OUT)/clean.npz --factory aisec.demo.models:digits_cnn --output $(OUT)/inspect
+	# The audit trail of the steps above: recompute the Merkle tree and check every signed checkpoint.
+	$(BIN)/aisec audit verify $(OUT)/audit.db --key $(OUT)/audit.pub
 
 # Test workers (pytest-xdist), one per core; each test module runs whole on one worker, so module fixtures are
 # built once. TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= 2
 PYTEST = $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-test: $(STAMP) lint
+test: $(STAMP) lint services
 	$(PYTEST)
 
-test-all: $(STAMP)
+test-all: $(STAMP) services
 	$(PYTEST) -m ""
+
+# The real servers the tests start on loopback or a local socket: PostgreSQL (the audit log's team backend),
+# from Debian's packages when missing and this is a Debian machine we may install on. The tests start and stop
+# their own server; without the package they skip with a message saying how to install it.
+services:
+	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's postgresql package for the audit-log tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else \
+			echo "PostgreSQL server not installed and cannot install it here: its tests will be skipped"; \
+		fi; \
+	fi
 
 # The tests whose figures come from trained models, again under torch's portable kernels: float rounding (so
 # every training run) then differs as on a CPU without AVX. A threshold read off one machine fails here.
