@@ -1,9 +1,14 @@
 """The assessment as one self-contained HTML page, for a security team and a data-science team together.
 
+The page opens, after the verdict, with the defence-in-depth matrix (`frameworks.defence_matrix`): the five attack
+classes against the life-cycle stages, each cell with the attacks run and the controls measured there. Each
+finding shows its rule's framework ids (MITRE ATLAS, OWASP ML Top Ten, NCSA, BSI stages) as small labels.
+
 The page carries everything inline: CSS in a <style> element, charts drawn with matplotlib as SVG and
-examples as PNG, both in data: URIs. It loads no script, font or stylesheet and makes no network request,
-and it prints well. The template autoescapes every value, since titles, messages and labels may come from
-untrusted plans or models; text passed to matplotlib has its "$" escaped so it is never parsed as math.
+examples as PNG, both in data: URIs. It loads no script, font or stylesheet and makes no network request
+(the framework labels link to their ATLAS and OWASP pages), and it prints well. The template autoescapes every
+value, since titles, messages and labels may come from untrusted plans or models; text passed to matplotlib has
+its "$" escaped so it is never parsed as math.
 matplotlib is imported only when a finding has a chart or an example.
 """
 
@@ -24,6 +29,8 @@ import numpy as np
 
 from aisec.assessment.finding import Assessment, Chart, Estimate, Example, Finding, Metric, Picture
 from aisec.core.severity import Severity
+from aisec.report import frameworks
+from aisec.report.frameworks import FRAMEWORKS, FrameworkRefs, defence_matrix
 from aisec.report.json_report import SCHEMA_ID, jsonable
 
 if TYPE_CHECKING:
@@ -66,15 +73,20 @@ class _FindingView:
     banded: bool  # some series is drawn with a band
     examples: list[_ExampleView]
     galleries: list[_GalleryView]
+    frameworks: FrameworkRefs | None  # None for a rule aisec does not know
 
 
 def render_html(assessment: Assessment) -> str:
-    """The HTML report as text. Findings that break policy come first, then by severity, highest first."""
-    ordered = sorted(assessment.findings, key=lambda f: (not f.breaks_policy, -f.severity.rank))
+    """The HTML report as text: the verdict, the defence-in-depth matrix, then the findings, those that break
+    policy first, then by severity, highest first."""
+    ordered = sorted(
+        enumerate(assessment.findings), key=lambda item: (not item[1].breaks_policy, -item[1].severity.rank)
+    )
+    anchors = {index: f"finding-{number}" for number, (index, _) in enumerate(ordered, start=1)}
     findings = [
         _FindingView(
             finding=f,
-            anchor=f"finding-{number}",
+            anchor=anchors[index],
             charts=[(chart, _chart_uri(chart)) for chart in f.charts],
             banded=any(s.lower is not None and s.upper is not None for c in f.charts for s in c.series),
             examples=[_example_view(example) for example in f.examples],
@@ -82,8 +94,9 @@ def render_html(assessment: Assessment) -> str:
                 _GalleryView(g.title, [(p, _png_uri(_image(p.image, p.caption))) for p in g.pictures])
                 for g in f.galleries
             ],
+            frameworks=FRAMEWORKS.get(f.rule_id),
         )
-        for number, f in enumerate(ordered, start=1)
+        for index, f in ordered
     ]
     checks = [check for f in assessment.findings for check in f.policy]
     return (
@@ -92,6 +105,9 @@ def render_html(assessment: Assessment) -> str:
         .render(
             a=assessment,
             findings=findings,
+            matrix=defence_matrix(assessment),
+            anchors=anchors,
+            fw=frameworks,
             checks_failed=sum(not check.passed for check in checks),
             checks_total=len(checks),
             severity_counts=[

@@ -1,6 +1,7 @@
 """The assessment as JSON: the complete machine-readable record, drawn from the same types as every report.
 
 The document validates against `schema/assessment.schema.json` (fields documented in docs/report-schema.md).
+Each finding carries the frameworks its rule maps to (`frameworks`: NCSA, BSI stages, MITRE ATLAS, OWASP ML).
 Enums become their string values, tuples become lists, an Estimate becomes {value, lower, upper, n, method},
 and a float that is not finite (NaN, +inf, -inf) becomes null, so that any strict JSON parser reads it. Fields
 marked `metadata={"report": False}` (a saved model's bytes) are left out.
@@ -18,6 +19,7 @@ from numbers import Integral, Real
 from typing import Any
 
 from aisec.assessment.finding import Assessment, Finding
+from aisec.report.frameworks import FRAMEWORKS, as_dict
 
 SCHEMA_ID = "aisec.assessment/2"
 
@@ -56,8 +58,14 @@ def jsonable(value: Any) -> Any:
 
 
 def to_json_dict(assessment: Assessment) -> dict[str, Any]:
-    """The assessment as a JSON-ready dict whose first key, "schema", names the format version."""
-    return {"schema": SCHEMA_ID, **jsonable(assessment)}
+    """The assessment as a JSON-ready dict whose first key, "schema", names the format version. Each finding
+    gains `frameworks`: its rule's place in the frameworks (`frameworks.as_dict`), null for a rule aisec does not
+    know (a finding made by hand)."""
+    document = {"schema": SCHEMA_ID, **jsonable(assessment)}
+    for finding, entry in zip(assessment.findings, document["findings"], strict=True):
+        refs = FRAMEWORKS.get(finding.rule_id)
+        entry["frameworks"] = as_dict(refs) if refs is not None else None
+    return document
 
 
 def render_json(assessment: Assessment) -> str:

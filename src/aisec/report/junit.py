@@ -9,7 +9,9 @@
   is non-zero exactly when `Assessment.passed` is False.
 
 Provenance goes into each suite's <properties>: the assessment's own, then each finding's under its rule id
-(e.g. "AISEC-EVA-001.seed"). Every string is stripped of characters XML 1.0 cannot hold and escaped.
+(e.g. "AISEC-EVA-001.seed"), with the frameworks of its rule as comma-joined ids ("AISEC-EVA-001.atlas",
+".owasp_ml", ".ncsa_principle", ".bsi_stage"; `aisec.report.frameworks`). Every string is stripped of characters
+XML 1.0 cannot hold and escaped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import xml.etree.ElementTree as ET
 
 from aisec.assessment.finding import Assessment, Finding, PolicyCheck
 from aisec.core.attack_class import AttackClass
+from aisec.report.frameworks import FRAMEWORKS
 from aisec.report.json_report import jsonable
 
 # Characters XML 1.0 forbids even escaped (control characters, lone surrogates, U+FFFE/U+FFFF).
@@ -60,7 +63,8 @@ def _suite(attack_class: AttackClass, findings: list[Finding], assessment: Asses
 
 
 def _provenance(findings: list[Finding], assessment: Assessment) -> dict[str, str]:
-    """The suite's properties: the assessment's provenance, then each finding's under its rule id.
+    """The suite's properties: the assessment's provenance, then each finding's and its rule's frameworks under
+    its rule id.
 
     A rule id that comes back in the same suite gets a counter ("AISEC-EVA-001#2.seed"), so no name repeats.
     """
@@ -86,6 +90,12 @@ def _provenance(findings: list[Finding], assessment: Assessment) -> dict[str, st
         values[f"{key}.model_sha256"] = prov.model_sha256
         values[f"{key}.data_sha256"] = prov.data_sha256
         values[f"{key}.settings"] = json.dumps(jsonable(prov.settings), sort_keys=True, ensure_ascii=False)
+        refs = FRAMEWORKS.get(finding.rule_id)
+        if refs is not None:
+            values[f"{key}.atlas"] = ",".join(technique.id for technique in refs.atlas)
+            values[f"{key}.owasp_ml"] = ",".join(risk.id for risk in refs.owasp_ml)
+            values[f"{key}.ncsa_principle"] = refs.principle.number
+            values[f"{key}.bsi_stage"] = ",".join(refs.stages)
     return {name: str(value) for name, value in values.items() if value is not None}
 
 

@@ -10,6 +10,8 @@ One run; the driver's rules are the findings' rule ids. Each finding becomes one
 
 Severity also appears as each result's `properties.severity` and, for GitHub, as the rule's
 `properties["security-severity"]`. A result's location is the model file (`subject.model_source`) when known.
+Each rule's tags and `properties.frameworks` place it in the NCSA's taxonomy, the BSI's life cycle, MITRE ATLAS
+and the OWASP ML Top Ten (`aisec.report.frameworks`), so that dashboards can filter by them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from urllib.parse import quote
 
 from aisec.assessment.finding import Assessment, Finding
 from aisec.core.severity import Severity
+from aisec.report.frameworks import FRAMEWORKS, as_dict, sarif_tags
 from aisec.report.json_report import jsonable
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -96,14 +99,17 @@ def artifact_uri(source: str) -> str:
 
 
 def _rule(rule_id: str, findings: tuple[Finding, ...]) -> dict[str, Any]:
-    """The reportingDescriptor of one rule id: title and advice of its first finding, its highest severity."""
+    """The reportingDescriptor of one rule id: title and advice of its first finding, its highest severity, and
+    the frameworks of the rule (tags and properties) when it is one of aisec's."""
     mine = [f for f in findings if f.rule_id == rule_id]
     severity = max((f.severity for f in mine), key=lambda s: s.rank)
-    properties: dict[str, Any] = {
-        "tags": ["security", "ai", *dict.fromkeys(f.attack_class.value for f in mine)],
-    }
+    refs = FRAMEWORKS.get(rule_id)
+    tags = ["security", "ai", *(f.attack_class.value for f in mine), *(sarif_tags(refs) if refs else ())]
+    properties: dict[str, Any] = {"tags": list(dict.fromkeys(tags))}
     if severity in SECURITY_SEVERITY:
         properties["security-severity"] = SECURITY_SEVERITY[severity]
+    if refs is not None:
+        properties["frameworks"] = as_dict(refs)
     return {
         "id": rule_id,
         "shortDescription": {"text": mine[0].title},

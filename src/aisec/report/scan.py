@@ -1,4 +1,5 @@
-"""A scan as JSON (schema: aisec/report/schema/scan.schema.json) and as SARIF 2.1.0."""
+"""A scan as JSON (schema: aisec/report/schema/scan.schema.json) and as SARIF 2.1.0; each finding and each rule
+carries its place in the frameworks (`aisec.report.frameworks`: NCSA, BSI stage, MITRE ATLAS, OWASP ML)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from aisec.defend.supply_chain.result import FileScan, ScanReport
 from aisec.defend.supply_chain.rules import RULES
+from aisec.report.frameworks import as_dict, frameworks_of, sarif_tags
 from aisec.report.sarif import LEVEL, SARIF_SCHEMA, SECURITY_SEVERITY, artifact_uri
 
 SCAN_SCHEMA_VERSION = "1.0"
@@ -44,6 +46,7 @@ def _file_dict(scan: FileScan) -> dict[str, Any]:
                 "severity": f.severity.value,
                 "message": f.message,
                 "location": f.location,
+                "frameworks": as_dict(frameworks_of(f.rule_id)),
             }  # fmt: skip
             for f in scan.findings
         ],
@@ -86,7 +89,11 @@ def scan_to_sarif(report: ScanReport) -> dict[str, Any]:
             )
     rules = []
     for rule_id in fired:
-        rule = RULES[rule_id]
+        rule, refs = RULES[rule_id], frameworks_of(rule_id)
+        properties: dict[str, Any] = {"tags": ["security", "supply-chain", *sarif_tags(refs)]}
+        if rule.severity in SECURITY_SEVERITY:
+            properties["security-severity"] = SECURITY_SEVERITY[rule.severity]
+        properties["frameworks"] = as_dict(refs)
         rules.append(
             {
                 "id": rule.id,
@@ -94,12 +101,7 @@ def scan_to_sarif(report: ScanReport) -> dict[str, Any]:
                 "shortDescription": {"text": rule.summary},
                 "help": {"text": rule.advice},
                 "defaultConfiguration": {"level": LEVEL[rule.severity]},
-                "properties": {"tags": ["security", "supply-chain"]}
-                | (
-                    {"security-severity": SECURITY_SEVERITY[rule.severity]}
-                    if rule.severity in SECURITY_SEVERITY
-                    else {}
-                ),
+                "properties": properties,
             }
         )
     run = {
