@@ -45,7 +45,7 @@ def test_a_scikit_learn_classifier_from_numpy_arrays(regression, flat, tmp_path:
     )
     assert "bounds [0, 1] from the range of x" in subject.input_spec_source
     paths = result.save(tmp_path / "out")
-    assert set(paths) == {"json", "html", "sarif", "junit"}
+    assert set(paths) == {"json", "html", "sarif", "junit", "card"}
     report = json.loads(paths["json"].read_text())
     import jsonschema
 

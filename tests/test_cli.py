@@ -54,6 +54,8 @@ def test_assess_writes_all_reports_and_exits_by_policy(workdir):
         "report.html",
         "report.sarif",
         "report.junit.xml",
+        "model_card.md",
+        "model_card.json",
     }
     report = json.loads((out / "report.json").read_text())
     finding = next(f for f in report["findings"] if f["rule_id"] == "AISEC-EVA-001")

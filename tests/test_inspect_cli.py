@@ -39,7 +39,14 @@ runner = CliRunner()
 FACTORY = "aisec.demo.models:digits_cnn"
 NO_BEHAVIOUR = ("--no-backdoor-scan", "--no-shortcuts", "--explanations", "none")
 NO_BEHAVIOUR_KEYS = {"backdoor_scan": False, "shortcuts": False, "explanations": []}
-REPORTS = {"report.json", "report.html", "report.sarif", "report.junit.xml"}
+REPORTS = {
+    "report.json",
+    "report.html",
+    "report.sarif",
+    "report.junit.xml",
+    "model_card.md",
+    "model_card.json",
+}
 
 
 def inspect(*args: str | Path) -> object:

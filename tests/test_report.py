@@ -34,7 +34,7 @@ from aisec.assessment.finding import (
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError
 from aisec.core.severity import Severity
-from aisec.report import FILE_NAMES, load_schema, to_json_dict, write_reports
+from aisec.report import FILE_NAMES, FORMAT_FILES, load_schema, to_json_dict, write_reports
 from aisec.report.html import format_metric
 
 MALICIOUS = "<script>alert(1)</script>"
@@ -157,7 +157,9 @@ def _strict_json(path: Path) -> dict:
 
 def test_writes_every_format_under_its_name(reports: dict[str, Path]) -> None:
     assert {fmt: path.name for fmt, path in reports.items()} == FILE_NAMES
-    assert sorted(p.name for p in reports["json"].parent.iterdir()) == sorted(FILE_NAMES.values())
+    assert sorted(p.name for p in reports["json"].parent.iterdir()) == sorted(
+        name for names in FORMAT_FILES.values() for name in names
+    )
 
 
 def test_json_validates_and_round_trips_the_figures(reports: dict[str, Path]) -> None:
@@ -410,7 +412,9 @@ def test_html_shows_figures_charts_examples_and_escapes(reports: dict[str, Path]
     assert "Reconstructions" in page and "confidence: 97.0%" in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "<script" not in page
-    assert not re.search(r'(?:src|href)="(?!data:|#)', page), "the page must not load anything"
+    assert not re.search(r'src="(?!data:)|<link\b', page), "the page must not load anything"
+    # links (not loaded) lead to the page's own anchors or to the frameworks' pages (ATLAS, OWASP)
+    assert not re.search(r'href="(?!#|https://(?:atlas\.mitre\.org|owasp\.org)/)', page)
     assert "Figures flagged unreliable" in page
     assert "a" * 64 in page and "1234" in page  # provenance
 

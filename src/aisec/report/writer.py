@@ -12,26 +12,35 @@ from pathlib import Path
 from aisec.assessment.finding import Assessment
 from aisec.core.errors import BadInputError
 
-# format: (file name, "module:function" rendering it to text; imported only when that format is asked for,
-# so that JSON or SARIF alone never loads matplotlib)
-_FORMATS: dict[str, tuple[str, str]] = {
-    "json": ("report.json", "aisec.report.json_report:render_json"),
-    "html": ("report.html", "aisec.report.html:render_html"),
-    "sarif": ("report.sarif", "aisec.report.sarif:render_sarif"),
-    "junit": ("report.junit.xml", "aisec.report.junit:render_junit"),
+# format: its files, each (file name, "module:function" rendering it to text); a renderer is imported only when
+# its format is asked for, so that JSON or SARIF alone never loads matplotlib. The first file is the format's own.
+_FORMATS: dict[str, tuple[tuple[str, str], ...]] = {
+    "json": (("report.json", "aisec.report.json_report:render_json"),),
+    "html": (("report.html", "aisec.report.html:render_html"),),
+    "sarif": (("report.sarif", "aisec.report.sarif:render_sarif"),),
+    "junit": (("report.junit.xml", "aisec.report.junit:render_junit"),),
+    "card": (
+        ("model_card.md", "aisec.report.model_card:render_model_card"),
+        ("model_card.json", "aisec.report.model_card:render_model_card_json"),
+    ),
 }
-FILE_NAMES: dict[str, str] = {fmt: file_name for fmt, (file_name, _) in _FORMATS.items()}
+# format -> the file write_reports returns for it; FORMAT_FILES: format -> every file it writes
+FILE_NAMES: dict[str, str] = {fmt: files[0][0] for fmt, files in _FORMATS.items()}
+FORMAT_FILES: dict[str, tuple[str, ...]] = {
+    fmt: tuple(name for name, _ in files) for fmt, files in _FORMATS.items()
+}
 MODELS = "models"  # the folder, inside the report folder, of the models an assessment trained
 
 
 def write_reports(
     assessment: Assessment,
     out_dir: str | os.PathLike[str],
-    formats: Iterable[str] = ("json", "html", "sarif", "junit"),
+    formats: Iterable[str] = tuple(FILE_NAMES),
 ) -> dict[str, Path]:
-    """Write the reports in `formats` into `out_dir` (created if missing) and return each format's path; the
-    models the assessment trained (its findings' `models`, e.g. adversarially trained ones) go to
-    `out_dir/models/`.
+    """Write the reports in `formats` into `out_dir` (created if missing) and return each format's path (its
+    `FILE_NAMES` file; `FORMAT_FILES` lists all it writes: the model card is `model_card.md` and its data
+    `model_card.json`); the models the assessment trained (its findings' `models`, e.g. adversarially trained
+    ones) go to `out_dir/models/`.
 
     All of them are rendered and written into a temporary folder beside `out_dir` before any is moved in.
     On any error, KeyboardInterrupt included, nothing is left behind: no temporary folder, no new folder,
@@ -47,7 +56,11 @@ def write_reports(
     if out.exists() and not out.is_dir():
         raise BadInputError(f"report folder {out} exists and is not a folder")
 
-    files = {FILE_NAMES[fmt]: _render(fmt, assessment).encode("utf-8") for fmt in chosen}
+    files = {
+        name: _render(renderer, assessment).encode("utf-8")
+        for fmt in chosen
+        for name, renderer in _FORMATS[fmt]
+    }
     models = {f"{MODELS}/{m.file_name}": m.content for f in assessment.findings for m in f.models}
     files |= models
     folders = (out / MODELS, out, *out.parents) if models else (out, *out.parents)
@@ -77,8 +90,8 @@ def write_reports(
     return {fmt: out / FILE_NAMES[fmt] for fmt in chosen}
 
 
-def _render(fmt: str, assessment: Assessment) -> str:
-    module, function = _FORMATS[fmt][1].split(":")
+def _render(renderer: str, assessment: Assessment) -> str:
+    module, function = renderer.split(":")
     return getattr(importlib.import_module(module), function)(assessment)
 
 

@@ -13,6 +13,22 @@ and finding counts are recorded as properties in the `aisec:` namespace:
     aisec:scan:format         the format the scanner recognised (per file)
     aisec:scan:findings       number of findings, and aisec:scan:findings:<severity> for each severity seen
     aisec:scan:rule           a rule that fired (one property per rule)
+
+Given an assessment (the parsed `report.json` of `aisec assess` or `aisec inspect`, schema `aisec.assessment/2`,
+docs/report-schema.md), the model card also carries its figures, read from the JSON so that this module needs
+neither the report nor the assessment layer: `quantitativeAnalysis.performanceMetrics` holds every figure of every
+finding (`type` the metric id, `slice` the rule id, an estimate's interval as `confidenceInterval`), and
+`considerations` its findings: `technicalLimitations` the figures flagged unreliable and the policy checks that
+failed, `performanceTradeoffs` what the controls measured cost (`aisec.core.control_costs`),
+`ethicalConsiderations` each finding of severity medium or above as a risk with its recommendation. The model's
+properties then add
+
+    aisec:assessment:name         the assessment's name
+    aisec:assessment:verdict      passed | failed (the plan's policy)
+    aisec:assessment:sha256       SHA-256 of the report file, when the caller gives it
+    aisec:assessment:plan-sha256  SHA-256 of the plan, when the assessment ran from one
+    aisec:assessment:model-sha256 the SHA-256 of the model the assessment records, and
+    aisec:assessment:model-match  yes when it is the BOM's model digest or one of its files' SHA-256, else no
 """
 
 from __future__ import annotations
@@ -21,13 +37,14 @@ import json
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from aisec.core.atomic import write_atomic
+from aisec.core.control_costs import is_cost_metric, table_costs
 from aisec.core.errors import BadInputError
 from aisec.core.severity import Severity
 from aisec.defend.supply_chain.result import FileScan, ScanReport, Verdict
@@ -37,6 +54,8 @@ SPEC_VERSION = "1.6"
 MODEL_REF = "aisec:model"
 DIGEST_METHOD = "model-signing: SHA-256 over the per-file SHA-256 digests, concatenated in path order"
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+ASSESSMENT_SCHEMA = "aisec.assessment/2"
+_RISK_FROM = Severity.MEDIUM  # findings at or above it become ethicalConsiderations (risks)
 
 
 @dataclass(frozen=True)
@@ -59,15 +78,25 @@ def build_bom(
     name: str | None = None,
     version: str | None = None,
     manifest: Manifest | None = None,
+    assessment: Mapping[str, Any] | None = None,
+    assessment_sha256: str | None = None,
 ) -> dict[str, Any]:
     """A CycloneDX 1.6 BOM (a JSON-ready dict) for the model file or folder at `model_path`.
 
     `scan` is the scanner's result for the model's files (matched by path, or else by SHA-256; a file whose
     content changed since it was scanned is marked `changed-since-scan`). `manifest` saves hashing the model
     again when the caller already has `manifest_of(model_path)`. `name` defaults to the model's file or folder
-    name.
+    name. `assessment` is a parsed assessment report (`read_assessment_report`) whose figures go into the model
+    card, and `assessment_sha256` the SHA-256 of its file. BadInputError, naming the field, for a report of
+    another schema or with a field of the wrong type.
     """
     model = Path(model_path)
+    if assessment is not None:
+        _check_assessment(assessment, "the assessment report")
+    if assessment_sha256 is not None and (assessment is None or not _SHA256.match(assessment_sha256)):
+        raise BadInputError(
+            "assessment_sha256 must be 64 hexadecimal digits, given with an assessment report"
+        )
     if manifest is None:
         manifest = manifest_of(model)
     data_sets = _checked_datasets(datasets)
@@ -98,6 +127,10 @@ def build_bom(
     model_component = _model_component(
         model, manifest, name, version, framework, data_components, scans, file_scans
     )
+    if assessment is not None:
+        model_component["modelCard"] |= _assessment_card(assessment)
+        digests = {manifest.digest.lower(), *(entry.sha256.lower() for entry in manifest.files)}
+        model_component["properties"] += _assessment_properties(assessment, assessment_sha256, digests)
     refs = [c["bom-ref"] for c in file_components + data_components]
     return {
         "$schema": "http://cyclonedx.org/schema/bom-1.6.schema.json",
@@ -113,6 +146,26 @@ def build_bom(
         "components": file_components + data_components,
         "dependencies": [{"ref": MODEL_REF, "dependsOn": refs}] + [{"ref": ref} for ref in refs],
     }
+
+
+def read_assessment_report(path: PathLike) -> dict[str, Any]:
+    """The `report.json` of `aisec assess` or `aisec inspect` at `path`, parsed and checked (schema
+    `aisec.assessment/2`, the fields the BOM reads); BadInputError in one line for a missing or unreadable file,
+    bad JSON or another schema."""
+    try:
+        text = Path(path).read_text("utf-8")
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such assessment report") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInputError(f"{path}: cannot read the assessment report: {error}") from None
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise BadInputError(
+            f"{path}: not JSON (line {error.lineno}, column {error.colno}: {error.msg})"
+        ) from None
+    _check_assessment(document, str(path))
+    return document
 
 
 def write_bom(bom: dict[str, Any], path: PathLike) -> None:
@@ -173,6 +226,194 @@ def _model_component(
     component["modelCard"] = model_card
     component["properties"] = properties
     return component
+
+
+def _assessment_card(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The modelCard's quantitativeAnalysis and considerations drawn from an assessment report's findings."""
+    metrics, limitations, tradeoffs, risks = [], [], [], []
+    for finding in report["findings"]:
+        rule, title = finding["rule_id"], finding["title"]
+        for metric in finding["metrics"]:
+            entry = _performance_metric(metric, rule)
+            if entry is not None:
+                metrics.append(entry)
+            if is_cost_metric(metric["id"], metric["unit"]):
+                tradeoffs.append(
+                    f"{rule} {title}: {metric['name']} {_figure(metric['value'], metric['unit'])}"
+                )
+        for table in finding["tables"]:
+            tradeoffs += [
+                f"{rule} {title}: {label}: {heading} {_figure(cell, '')}"
+                for label, heading, cell in table_costs(table["columns"], table["rows"])
+            ]
+        if not finding["reliable"]:
+            limitations.append(f"{rule} {title}: its figures were flagged unreliable (e.g. gradient masking)")
+        limitations += [
+            f"{rule} {title}: policy {check['rule']} failed (observed {_figure(check['observed'], '')}, "
+            f"threshold {_figure(check['threshold'], '')})"
+            for check in finding["policy"]
+            if not check["passed"]
+        ]
+        if Severity(finding["severity"]).rank >= _RISK_FROM.rank:
+            risks.append({"name": title, "mitigationStrategy": finding["recommendation"]})
+    card: dict[str, Any] = {}
+    if metrics:
+        card["quantitativeAnalysis"] = {"performanceMetrics": metrics}
+    considerations = {
+        "technicalLimitations": limitations,
+        "performanceTradeoffs": tradeoffs,
+        "ethicalConsiderations": risks,
+    }
+    considerations = {key: items for key, items in considerations.items() if items}
+    if considerations:
+        card["considerations"] = considerations
+    return card
+
+
+def _performance_metric(metric: Mapping[str, Any], rule: str) -> dict[str, Any] | None:
+    """A CycloneDX performanceMetric (strings) for one figure; None for a figure that was not measured."""
+    value = metric["value"]
+    interval = None
+    if isinstance(value, Mapping):
+        if value["lower"] is not None and value["upper"] is not None:
+            interval = {"lowerBound": json.dumps(value["lower"]), "upperBound": json.dumps(value["upper"])}
+        value = value["value"]
+    if value is None:
+        return None
+    entry: dict[str, Any] = {"type": metric["id"], "value": json.dumps(value), "slice": rule}
+    if interval is not None:
+        entry["confidenceInterval"] = interval
+    return entry
+
+
+def _assessment_properties(
+    report: Mapping[str, Any], report_sha256: str | None, digests: set[str]
+) -> list[dict[str, str]]:
+    properties = [
+        _prop("aisec:assessment:name", report["name"]),
+        _prop("aisec:assessment:verdict", "passed" if report["passed"] else "failed"),
+    ]
+    if report_sha256 is not None:
+        properties.append(_prop("aisec:assessment:sha256", report_sha256.lower()))
+    if report["plan_sha256"] is not None:
+        properties.append(_prop("aisec:assessment:plan-sha256", report["plan_sha256"]))
+    model_sha256 = report["subject"]["model_sha256"]
+    if model_sha256 is not None:
+        properties.append(_prop("aisec:assessment:model-sha256", model_sha256))
+        properties.append(
+            _prop("aisec:assessment:model-match", "yes" if model_sha256.lower() in digests else "no")
+        )
+    return properties
+
+
+def _figure(value: Any, unit: str) -> str:
+    """A figure from the report as text: an estimate with its interval and sample count, a number with its unit."""
+    if isinstance(value, Mapping):
+        return (
+            f"{_figure(value['value'], unit)} ({value['method']}: {_figure(value['lower'], '')}–"
+            f"{_figure(value['upper'], '')}, n={value['n']})"
+        )
+    if value is None:
+        return "not measured"
+    text = (
+        f"{value:.4g}"
+        if isinstance(value, float)
+        else json.dumps(value)
+        if isinstance(value, bool)
+        else str(value)
+    )
+    return f"{text} {unit}" if unit else text
+
+
+def _reject_constant(name: str) -> None:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def _check_assessment(report: Any, where: str) -> None:
+    """BadInputError naming `where` and the field unless `report` is an aisec.assessment/2 report whose fields
+    the BOM reads have the types docs/report-schema.md gives."""
+    if not isinstance(report, Mapping):
+        raise BadInputError(f"{where}: not an assessment report (a JSON object is expected)")
+    if report.get("schema") != ASSESSMENT_SCHEMA:
+        raise BadInputError(
+            f"{where}: field 'schema' is {report.get('schema')!r}, not {ASSESSMENT_SCHEMA!r}: give the report.json "
+            "of `aisec assess` or `aisec inspect`"
+        )
+    _field(report, "name", str, where)
+    _field(report, "passed", bool, where)
+    _field(report, "plan_sha256", (str, type(None)), where)
+    subject = _field(report, "subject", Mapping, where)
+    _field(subject, "model_sha256", (str, type(None)), f"{where}: subject")
+    findings = _field(report, "findings", list, where)
+    severities = {s.value for s in Severity}
+    for i, finding in enumerate(findings):
+        at = f"{where}: findings[{i}]"
+        if not isinstance(finding, Mapping):
+            raise BadInputError(f"{at} must be an object")
+        for key in ("rule_id", "title", "recommendation"):
+            _field(finding, key, str, at)
+        _field(finding, "reliable", bool, at)
+        if _field(finding, "severity", str, at) not in severities:
+            raise BadInputError(
+                f"{at}: field 'severity' is {finding['severity']!r}, not one of {sorted(severities)}"
+            )
+        for j, metric in enumerate(_field(finding, "metrics", list, at)):
+            _check_metric(metric, f"{at}.metrics[{j}]")
+        for j, table in enumerate(_field(finding, "tables", list, at)):
+            table_at = f"{at}.tables[{j}]"
+            if not isinstance(table, Mapping):
+                raise BadInputError(f"{table_at} must be an object")
+            columns = _field(table, "columns", list, table_at)
+            rows = _field(table, "rows", list, table_at)
+            if not all(isinstance(c, str) for c in columns) or any(
+                not isinstance(row, list) or len(row) != len(columns) for row in rows
+            ):
+                raise BadInputError(f"{table_at}: columns must be strings and every row one cell per column")
+        for j, check in enumerate(_field(finding, "policy", list, at)):
+            check_at = f"{at}.policy[{j}]"
+            if not isinstance(check, Mapping):
+                raise BadInputError(f"{check_at} must be an object")
+            _field(check, "rule", str, check_at)
+            _field(check, "passed", bool, check_at)
+            for key in ("observed", "threshold"):
+                _number_field(check, key, check_at)
+
+
+def _check_metric(metric: Any, at: str) -> None:
+    if not isinstance(metric, Mapping):
+        raise BadInputError(f"{at} must be an object")
+    for key in ("id", "name", "unit"):
+        _field(metric, key, str, at)
+    value = metric.get("value")
+    if isinstance(value, Mapping):
+        for key in ("value", "lower", "upper"):
+            _number_field(value, key, f"{at}.value")
+        _field(value, "n", int, f"{at}.value")
+        _field(value, "method", str, f"{at}.value")
+    elif "value" not in metric or not (value is None or isinstance(value, (bool, int, float))):
+        raise BadInputError(f"{at}: field 'value' must be a number, a boolean, null or an estimate")
+
+
+def _field(mapping: Mapping[str, Any], key: str, kind: type | tuple[type, ...], at: str) -> Any:
+    if key not in mapping or not isinstance(mapping[key], kind):
+        raise BadInputError(f"{at}: field {key!r} is missing or not {_kind_name(kind)}")
+    return mapping[key]
+
+
+def _number_field(mapping: Mapping[str, Any], key: str, at: str) -> None:
+    value = mapping.get(key)
+    if (
+        key not in mapping
+        or isinstance(value, bool)
+        or not (value is None or isinstance(value, (int, float)))
+    ):
+        raise BadInputError(f"{at}: field {key!r} is missing or not a number or null")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", bool: "a boolean", list: "a list", int: "an integer", type(None): "null"}
+    return " or ".join(names.get(k, "an object") for k in kinds)
 
 
 def _data_component(dataset: DatasetRef) -> dict[str, Any]:
