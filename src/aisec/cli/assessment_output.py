@@ -1,13 +1,14 @@
 """What the commands that run an assessment (`assess`, `demo`, `inspect`) share: the report formats they
-accept, progress while it runs, and the summary table of its findings and reports afterwards."""
+accept, progress while it runs, the audit-log entry and the summary table of its findings and reports
+afterwards."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aisec.cli.support import console, plain
 from aisec.core.errors import BadInputError
@@ -15,6 +16,7 @@ from aisec.report import FILE_NAMES
 
 if TYPE_CHECKING:
     from aisec.assessment.finding import Assessment
+    from aisec.cli.audit_trail import AuditTrail
     from aisec.core.progress import Progress
 
 
@@ -49,6 +51,24 @@ def progress_for(quiet: bool) -> Iterator[Progress]:
         transient=False,
     ) as bars:
         yield RichProgress(bars)
+
+
+def record_assessment(
+    trail: AuditTrail,
+    command: str,
+    arguments: Mapping[str, Any],
+    assessment: Assessment,
+    paths: Mapping[str, Path],
+) -> None:
+    """Append the assessment's entry (hashes, verdict, headline figures, reports) to the audit log, if any."""
+    if not trail.enabled:
+        return
+    from aisec.report import FORMAT_FILES
+    from aisec.report.audit_record import assessment_record
+
+    written = [paths[fmt].parent / name for fmt in paths for name in FORMAT_FILES[fmt]]
+    seq = trail.record(command, arguments, assessment_record(assessment, written))
+    console.print(f"audit log: entry {seq} appended and a checkpoint signed")
 
 
 def summarise(assessment: Assessment, paths: dict[str, Path]) -> None:

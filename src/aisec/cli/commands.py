@@ -1,5 +1,5 @@
 """The `aisec` typer app: `assess` and `demo` here, the supply-chain commands from `supply_chain.py`, `inspect`
-from `inspect.py`.
+from `inspect.py`, `audit` from `audit.py`.
 
 Heavy libraries are imported inside commands, so `aisec --help` stays fast. Exit codes: 0 policy held,
 1 a finding breaks the policy, 2 bad input, 3 internal error, 130 interrupted.
@@ -12,9 +12,11 @@ from typing import Annotated
 
 import typer
 
+from aisec.cli import audit as cli_audit
 from aisec.cli import inspect as cli_inspect
 from aisec.cli import supply_chain as cli_supply_chain
-from aisec.cli.assessment_output import progress_for, report_formats, summarise
+from aisec.cli.assessment_output import progress_for, record_assessment, report_formats, summarise
+from aisec.cli.audit import AuditKeyOption, AuditLogOption
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
 from aisec.core.version import __version__
@@ -56,9 +58,12 @@ def assess(
     plan: Annotated[Path, typer.Argument(help="The assessment plan (YAML); see docs/plan.md.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports.")] = Path("out"),
     format: Annotated[
-        str, typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit.")
+        str,
+        typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit,card (the model card)."),
     ] = ",".join(FORMATS),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    audit_log: AuditLogOption = None,
+    audit_key: AuditKeyOption = None,
 ) -> None:
     """Red-team a model as the plan says; exit 1 when a finding breaks the plan's policy."""
 
@@ -66,12 +71,17 @@ def assess(
         formats = report_formats(format)
         from aisec.assessment.plan import load_plan
         from aisec.assessment.runner import run_plan
+        from aisec.cli.audit_trail import AuditTrail
         from aisec.report.writer import write_reports
 
         loaded, digest = load_plan(plan)
+        trail = AuditTrail.open(audit_log, audit_key)
         with progress_for(quiet) as progress:
             assessment = run_plan(loaded, plan_path=plan, plan_sha256=digest, progress=progress)
         paths = write_reports(assessment, output, formats)
+        record_assessment(
+            trail, "assess", {"plan": plan, "output": output, "format": formats}, assessment, paths
+        )
         summarise(assessment, paths)
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 
@@ -88,12 +98,17 @@ def demo(
         bool,
         typer.Option("--full", help="The thorough assessment (more samples, attacks, rates, shadow models)."),
     ] = False,
+    audit_log: AuditLogOption = None,
+    audit_key: AuditKeyOption = None,
 ) -> None:
     """Train a small CNN on the built-in digits set, assess it, and write the report (exit 0 unless it fails)."""
 
     def run() -> int:
+        from aisec.cli.audit_trail import AuditTrail
         from aisec.demo.run import run_demo
         from aisec.report.writer import write_reports
+
+        trail = AuditTrail.open(audit_log, audit_key)
 
         duration = "ten minutes or more" if full else "about two minutes"
         console.print(
@@ -103,6 +118,7 @@ def demo(
         with progress_for(quiet) as progress:
             plan_path, assessment = run_demo(output, progress, full=full)
         paths = write_reports(assessment, output, FORMATS)
+        record_assessment(trail, "demo", {"output": output, "full": full}, assessment, paths)
         summarise(assessment, paths)
         console.print(f"plan used: {plain(plan_path)}\nopen {plain(paths['html'])}")
         return EXIT_OK
@@ -112,3 +128,4 @@ def demo(
 
 cli_supply_chain.register(app)
 cli_inspect.register(app)
+cli_audit.register(app)

@@ -15,7 +15,8 @@ from typing import Annotated
 
 import typer
 
-from aisec.cli.assessment_output import progress_for, report_formats, summarise
+from aisec.cli.assessment_output import progress_for, record_assessment, report_formats, summarise
+from aisec.cli.audit import AuditKeyOption, AuditLogOption
 from aisec.cli.scan import SEVERITIES
 from aisec.cli.support import guarded
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
@@ -78,9 +79,12 @@ def inspect(
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports.")] = Path("out"),
     format: Annotated[
-        str, typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit.")
+        str,
+        typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit,card (the model card)."),
     ] = ",".join(FILE_NAMES),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    audit_log: AuditLogOption = None,
+    audit_key: AuditKeyOption = None,
 ) -> None:
     """Inspect a model you did not build: static scan and signature before loading, then backdoor scan,
     shortcut check and explanations. Exit 1 when a finding is at or above --fail-on."""
@@ -89,6 +93,7 @@ def inspect(
         from aisec.assessment.inspect_file import inspect_model_file, inspection_section
         from aisec.assessment.plan import DataSection, PolicySection
         from aisec.assessment.subject import load_data
+        from aisec.cli.audit_trail import AuditTrail
         from aisec.core.severity import Severity
         from aisec.core.user_code import import_callable
         from aisec.report.writer import write_reports
@@ -115,6 +120,7 @@ def inspect(
         spec = InputSpec(*shape_classes_bounds) if shape_classes_bounds is not None else None
         build = import_callable(factory, "--factory") if factory is not None else None
         labelled = load_data(DataSection(path=data), seed=seed)
+        trail = AuditTrail.open(audit_log, audit_key)
         with progress_for(quiet) as progress:
             assessment = inspect_model_file(
                 model,
@@ -129,6 +135,13 @@ def inspect(
                 progress=progress,
             )
         paths = write_reports(assessment, output, formats)
+        arguments = {
+            "model": model, "data": data, "factory": factory, "kind": kind, "input_shape": input_shape,
+            "classes": classes, "bounds": bounds, "trusted": trusted, "signature": signature, "key": key,
+            "samples": samples, "backdoor_scan": not no_backdoor_scan, "shortcuts": not no_shortcuts,
+            "explanations": explanations, "fail_on": fail_on, "seed": seed, "output": output, "format": formats,
+        }  # fmt: skip
+        record_assessment(trail, "inspect", arguments, assessment, paths)
         summarise(assessment, paths)
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 

@@ -34,6 +34,8 @@ _VALUES = {
     "--json": "json_out",
     "--sarif": "sarif_out",
     "--fail-on": "fail_on",
+    "--audit-log": "audit_log",
+    "--audit-key": "audit_key",
 }
 
 
@@ -48,6 +50,8 @@ class ScanOptions:
     fail_on: str | None = None
     quiet: bool = False
     no_hash: bool = False
+    audit_log: str | None = None  # the tamper-evident log this run is appended to (AISEC_AUDIT_LOG otherwise)
+    audit_key: Path | None = None  # its signing key (AISEC_AUDIT_KEY otherwise)
 
 
 def parse(args: list[str]) -> ScanOptions | None:
@@ -74,7 +78,7 @@ def parse(args: list[str]) -> ScanOptions | None:
         or given.get("fail_on", "info") not in SEVERITIES
     ):
         return None
-    for key in ("json_out", "sarif_out"):
+    for key in ("json_out", "sarif_out", "audit_key"):
         if key in given:
             given[key] = Path(given[key])
     return ScanOptions(tuple(paths), **given)
@@ -92,22 +96,32 @@ def run_scan(options: ScanOptions) -> int:
             echo(f"[{style}]{verdict:10}[/{style}] {support.plain(where)}", f"{verdict:10} {where}",
                  err=True, soft_wrap=True, highlight=False)  # fmt: skip
 
+    from aisec.cli.audit_trail import AuditTrail
+
+    trail = AuditTrail.open(options.audit_log, options.audit_key)
     report = scan_paths(options.paths, on_file=progress, hash_content=not options.no_hash)
+    written: dict[str, Path] = {}
     for out_path, kind in ((options.json_out, "json"), (options.sarif_out, "sarif")):
         if out_path is not None:
             from aisec.core.atomic import write_atomic
 
             out_path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(out_path, _render(report, kind))
+            written[kind] = out_path
     if options.format == "text":
         _print_findings(report)
     else:
         sys.stdout.write(_render(report, options.format))
-    return (
-        EXIT_POLICY_FAILED
-        if report.fails(Severity(options.fail_on) if options.fail_on else None)
-        else EXIT_OK
-    )
+    fails = report.fails(Severity(options.fail_on) if options.fail_on else None)
+    if trail.enabled:
+        from aisec.report.audit_record import scan_record
+
+        arguments = {
+            "paths": [str(p) for p in options.paths], "fail_on": options.fail_on, "no_hash": options.no_hash,
+            "json": options.json_out, "sarif": options.sarif_out,
+        }  # fmt: skip
+        trail.record("scan", arguments, {**scan_record(report, written), "policy_failed": fails})
+    return EXIT_POLICY_FAILED if fails else EXIT_OK
 
 
 def _render(report: ScanReport, kind: str) -> str:

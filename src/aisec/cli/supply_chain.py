@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from aisec.cli.audit import AuditKeyOption, AuditLogOption
+from aisec.cli.audit_trail import AuditTrail
 from aisec.cli.scan import FORMATS, SEVERITIES, ScanOptions, run_scan
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
@@ -39,23 +41,50 @@ def scan(
         bool,
         typer.Option("--no-hash", help="Skip each file's sha256 (faster bulk triage; reported as null)."),
     ] = False,
+    audit_log: AuditLogOption = None,
+    audit_key: AuditKeyOption = None,
 ) -> None:
     """Is this file safe to load? Static analysis of model files, executing nothing from them."""
     if format not in FORMATS:
         raise typer.BadParameter("choose text, json or sarif", param_hint="--format")
     if fail_on is not None and fail_on not in SEVERITIES:
         raise typer.BadParameter(f"choose one of {', '.join(SEVERITIES)}", param_hint="--fail-on")
-    options = ScanOptions(tuple(paths), format, json_out, sarif_out, fail_on, quiet, no_hash)
+    options = ScanOptions(
+        tuple(paths), format, json_out, sarif_out, fail_on, quiet, no_hash, audit_log, audit_key
+    )
     guarded(lambda: run_scan(options))
+
+
+KEY_TYPES = ("ecdsa-p256", "ed25519")
 
 
 def keygen(
     private_key: Annotated[Path, typer.Argument(help="Where to write the private key (PEM, mode 0600).")],
     public_key: Annotated[Path, typer.Argument(help="Where to write the public key (PEM).")],
+    key_type: Annotated[
+        str,
+        typer.Option(
+            "--type",
+            help="ecdsa-p256: for `aisec sign` / `aisec verify` (OpenSSF model signing); ed25519: for the audit "
+            "log's signed checkpoints (`--audit-key`).",
+        ),
+    ] = "ecdsa-p256",
 ) -> None:
-    """Make an ECDSA P-256 key pair for `aisec sign` / `aisec verify`."""
+    """Make a key pair: ECDSA P-256 for model signatures, or Ed25519 for the audit log's checkpoints."""
 
     def run() -> int:
+        if key_type not in KEY_TYPES:
+            raise BadInputError(f"--type {key_type!r}: choose {' or '.join(KEY_TYPES)}")
+        if key_type == "ed25519":
+            from aisec.defend.auditability.audit_log.keys import generate_ed25519_key_pair
+
+            generate_ed25519_key_pair(private_key, public_key)
+            console.print(
+                f"private key: {plain(private_key)} (keep it secret; give it as --audit-key)\n"
+                f"public key:  {plain(public_key)} (give it to `aisec audit verify --key`)",
+                highlight=False,
+            )
+            return EXIT_OK
         from aisec.defend.supply_chain.signing import generate_key_pair
 
         generate_key_pair(private_key, public_key)
@@ -69,13 +98,27 @@ def sign(
     model: Annotated[Path, typer.Argument(help="The model file or folder to sign.")],
     key: Annotated[Path, typer.Option("--key", "-k", help="Private key (PEM).")],
     signature: Annotated[Path | None, typer.Option("--signature", "-s", help="Default: <model>.sig.")] = None,
+    audit_log: AuditLogOption = None,
+    audit_key: AuditKeyOption = None,
 ) -> None:
     """Hash a model file or folder and sign the manifest (OpenSSF model-signing format, offline)."""
 
     def run() -> int:
         from aisec.defend.supply_chain.signing import sign_model
+        from aisec.report.audit_record import file_sha256
 
+        trail = AuditTrail.open(audit_log, audit_key)
         info = sign_model(model, key, signature)
+        trail.record(
+            "sign",
+            {"model": model, "key": key, "signature": signature},
+            {
+                "model": {"source": str(model), "digest": info.manifest.digest},
+                "signature": {"path": str(info.signature_path), "sha256": file_sha256(info.signature_path)},
+                "key_fingerprint": info.key_fingerprint,
+                "verdict": "signed",
+            },
+        )
         console.print(
             f"signed {model} ({len(info.manifest.files)} file(s), digest {info.manifest.digest})\n"
             f"signature: {info.signature_path}\nkey fingerprint: {info.key_fingerprint}",
@@ -90,13 +133,28 @@ def verify(
     model: Annotated[Path, typer.Argument(help="The model file or folder to verify.")],
     key: Annotated[Path, typer.Option("--key", "-k", help="Public key (PEM).")],
     signature: Annotated[Path | None, typer.Option("--signature", "-s", help="Default: <model>.sig.")] = None,
+    audit_log: AuditLogOption = None,
+    audit_key: AuditKeyOption = None,
 ) -> None:
     """Check a model against its signature; names every file added, removed or changed. Exit 1 if it fails."""
 
     def run() -> int:
-        from aisec.defend.supply_chain.signing import verify_model
+        from aisec.defend.supply_chain.signing import public_key_fingerprint, verify_model
 
+        trail = AuditTrail.open(audit_log, audit_key)
         result = verify_model(model, key, signature)
+        trail.record(
+            "verify",
+            {"model": model, "key": key, "signature": signature},
+            {
+                "model": {"source": str(model), "digest": result.model_digest},
+                "key_fingerprint": public_key_fingerprint(key),
+                "verdict": "verified" if result.ok else "failed",
+                "problem": None if result.ok else result.message,
+                "changes": {"added": len(result.added), "removed": len(result.removed),
+                            "changed": len(result.changed)},
+            },
+        )  # fmt: skip
         if result.ok:
             console.print(f"[green]verified[/green] {plain(model)} (digest {result.model_digest})")
             return EXIT_OK
@@ -127,22 +185,48 @@ def bom(
     name: Annotated[str | None, typer.Option("--name", help="Model name (default: the file name).")] = None,
     version: Annotated[str | None, typer.Option("--version", help="Model version.")] = None,
     framework: Annotated[str | None, typer.Option("--framework", help="e.g. pytorch, scikit-learn.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="An assessment or inspection report.json: its figures go into the BOM's modelCard.",
+        ),
+    ] = None,
+    audit_log: AuditLogOption = None,
+    audit_key: AuditKeyOption = None,
 ) -> None:
-    """Write a CycloneDX 1.6 ML bill of materials: files and hashes, format, data sets and the scan result."""
+    """Write a CycloneDX 1.6 ML bill of materials: files and hashes, format, data sets, the scan result and,
+    given --report, the assessment's figures."""
 
     def run() -> int:
-        from aisec.defend.supply_chain.bom import DatasetRef, build_bom, write_bom
+        from aisec.defend.supply_chain.bom import DatasetRef, build_bom, read_assessment_report, write_bom
         from aisec.defend.supply_chain.scanner import scan_paths
+        from aisec.report.audit_record import file_sha256
 
         refs = [DatasetRef(*_dataset_name_and_digest(text)) for text in dataset or []]
         if not model.exists():
             raise BadInputError(f"no such file or folder: {model}")
-        report = scan_paths([model])
-        document = build_bom(model, scan=list(report.files), datasets=refs, framework=framework, name=name,
-                             version=version)  # fmt: skip
+        assessment = read_assessment_report(report) if report is not None else None
+        trail = AuditTrail.open(audit_log, audit_key)
+        scan_report = scan_paths([model])
+        document = build_bom(model, scan=list(scan_report.files), datasets=refs, framework=framework,
+                             name=name, version=version, assessment=assessment,
+                             assessment_sha256=file_sha256(report) if report is not None else None)  # fmt: skip
         write_bom(document, output)
+        trail.record(
+            "bom",
+            {"model": model, "output": output, "dataset": dataset, "name": name, "version": version,
+             "framework": framework, "report": report},
+            {
+                "model": {"source": str(model)},
+                "files": [{"path": f.path, "sha256": f.sha256} for f in scan_report.files][:100],
+                "verdict": scan_report.verdict.value,
+                "assessment_report": {"path": str(report), "sha256": file_sha256(report)} if report else None,
+                "reports": {str(output): file_sha256(output)},
+            },
+        )  # fmt: skip
         console.print(
-            f"wrote {plain(output)} ({len(report.files)} file(s); scan verdict {report.verdict.value})"
+            f"wrote {plain(output)} ({len(scan_report.files)} file(s); scan verdict {scan_report.verdict.value})"
         )
         return EXIT_OK
 
