@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
-from aisec.core.atomic import write_atomic
+from aisec.core.atomic import write_atomic, write_key_pair
 from aisec.core.errors import BadInputError
 
 PathLike = str | os.PathLike[str]
@@ -96,14 +96,6 @@ def generate_key_pair(private_path: PathLike, public_path: PathLike, password: b
     0600; public: SubjectPublicKeyInfo). Existing files are never overwritten. Returns the public key's
     fingerprint (see `public_key_fingerprint`)."""
     serialization, ec = _crypto()
-    private_path, public_path = Path(private_path), Path(public_path)
-    if os.path.abspath(private_path) == os.path.abspath(public_path):
-        raise BadInputError(f"the private and the public key must be different files: {private_path}")
-    for path in (private_path, public_path):
-        if path.exists() or path.is_symlink():
-            raise BadInputError(f"{path} already exists; refusing to overwrite a key file")
-        if not path.parent.is_dir():
-            raise BadInputError(f"no such folder: {path.parent}")
     if password is not None and not password:
         raise BadInputError("the key password must not be empty (give none for an unencrypted key)")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -112,12 +104,7 @@ def generate_key_pair(private_path: PathLike, public_path: PathLike, password: b
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _create_exclusive(private_path, private_pem, 0o600)
-    try:
-        _create_exclusive(public_path, public_pem, 0o644)
-    except BaseException:
-        private_path.unlink(missing_ok=True)
-        raise
+    write_key_pair(Path(private_path), Path(public_path), private_pem, public_pem)
     return hashlib.sha256(public_pem).hexdigest()
 
 
@@ -529,37 +516,3 @@ def _join(message: str, note: str) -> str:
 
 def _os_error(error: OSError) -> str:
     return error.strerror or str(error)
-
-
-def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
-    """Create `path` with `data` and exactly `mode`, failing if it exists; the content appears whole (written
-    to a temporary file first, then hard-linked into place, which fails rather than overwrite)."""
-    try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise BadInputError(f"cannot write {path}: {_os_error(error)}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            raise BadInputError(f"{path} already exists; refusing to overwrite a key file") from None
-        except OSError:  # a file system without hard links: create exclusively in place
-            try:
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            except FileExistsError:
-                raise BadInputError(f"{path} already exists; refusing to overwrite a key file") from None
-            with os.fdopen(out, "wb") as handle:
-                os.fchmod(handle.fileno(), mode)
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-    except OSError as error:
-        raise BadInputError(f"cannot write {path}: {_os_error(error)}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)

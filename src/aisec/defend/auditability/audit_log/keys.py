@@ -4,11 +4,11 @@ extra, imported on first use)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aisec.core.atomic import write_key_pair
 from aisec.core.errors import BadInputError
 from aisec.defend.auditability.audit_log.checkpoint import (
     CheckpointError,
@@ -37,14 +37,6 @@ def generate_ed25519_key_pair(
     ed25519 = ed25519_module()
     from cryptography.hazmat.primitives import serialization
 
-    private_path, public_path = Path(private_path), Path(public_path)
-    if os.path.abspath(private_path) == os.path.abspath(public_path):
-        raise BadInputError(f"the private and the public key must be different files: {private_path}")
-    for path in (private_path, public_path):
-        if path.exists() or path.is_symlink():
-            raise BadInputError(f"{path} already exists; refusing to overwrite a key file")
-        if not path.parent.is_dir():
-            raise BadInputError(f"no such folder: {path.parent}")
     key = ed25519.Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -52,36 +44,8 @@ def generate_ed25519_key_pair(
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _create_new(private_path, private_pem, 0o600)
-    try:
-        _create_new(public_path, public_pem, 0o644)
-    except BaseException:
-        private_path.unlink(missing_ok=True)
-        raise
+    write_key_pair(Path(private_path), Path(public_path), private_pem, public_pem)
     return verifier_key(name, public_key_bytes(key))
-
-
-def _create_new(path: Path, data: bytes, mode: int) -> None:
-    """Write `data` to a file that must not exist, created with `mode` (O_CREAT | O_EXCL, so an existing file
-    or link is never followed or overwritten); a failed write removes what it created."""
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise BadInputError(f"{path} already exists; refusing to overwrite a key file") from None
-    except OSError as error:
-        raise BadInputError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # the umask may have narrowed it
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException as error:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        if isinstance(error, OSError):
-            raise BadInputError(f"cannot write {path}: {error.strerror or error}") from None
-        raise
 
 
 def public_key_bytes(private_key: Ed25519PrivateKey) -> bytes:

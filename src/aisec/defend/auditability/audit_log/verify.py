@@ -241,11 +241,7 @@ def _check_stored(
         if checkpoint.size <= previous_size:
             raise _Tampered(f"{label} (size {checkpoint.size}) follows a checkpoint of size {previous_size}")
         if checkpoint.size > tree.size:
-            raise _Tampered(
-                f"{label} signed {checkpoint.size} entries but the log holds {tree.size}: entries {tree.size} to "
-                f"{checkpoint.size - 1} were removed",
-                tree.size,
-            )
+            raise _truncated(label, checkpoint.size, tree.size)
         if tree.root(checkpoint.size) != checkpoint.root:
             raise _Tampered(
                 f"one of entries {previous_size} to {checkpoint.size - 1} is not what {label} signed (the entry "
@@ -259,6 +255,13 @@ def _check_stored(
             )
         previous_size, previous_root = checkpoint.size, checkpoint.root
     return previous_size, previous_root
+
+
+def _truncated(label: str, signed: int, held: int) -> _Tampered:
+    return _Tampered(
+        f"{label} signed {signed} entries but the log holds {held}: entries {held} to {signed - 1} were removed",
+        held,
+    )
 
 
 def _previous_size(checkpoint: Checkpoint) -> int | None:
@@ -294,11 +297,7 @@ def _check_kept(
         if checkpoint.origin != meta.origin:
             raise BadInputError(f"{label} is from another log: {checkpoint.origin}, not {meta.origin}")
         if checkpoint.size > tree.size:
-            raise _Tampered(
-                f"{label} signed {checkpoint.size} entries but the log holds {tree.size}: entries {tree.size} to "
-                f"{checkpoint.size - 1} were removed",
-                tree.size,
-            )
+            raise _truncated(label, checkpoint.size, tree.size)
         if tree.root(checkpoint.size) != checkpoint.root:
             raise _Tampered(f"the log's first {checkpoint.size} entries are not the ones {label} signed")
         if signed_size:
