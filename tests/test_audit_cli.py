@@ -86,6 +86,7 @@ def test_every_command_appends_one_entry_that_vouches_for_its_reports(demo, keys
     assert {f["rule_id"] for f in first["findings"]} == {f["rule_id"] for f in report["findings"]}
     headline = next(f["headline"] for f in first["findings"] if f["rule_id"] == "AISEC-EVA-001")
     assert headline is not None and isinstance(headline["value"], (int, float))
+    assert headline["id"] == "robust_accuracy@0.05"  # the budget the policy judges, not the largest one
     for path, digest in first["reports"].items():  # every report written is vouched for by its hash
         assert file_sha256(__import__("pathlib").Path(path)) == digest
     assert str(out / "report.json") in first["reports"]

@@ -175,11 +175,16 @@ class Finding:
     policy: tuple[PolicyCheck, ...] = ()
     models: tuple[ModelFile, ...] = ()
     reliable: bool = True
+    # The id of the metric that sums this finding up, where the probe decides it (e.g. robust accuracy at the
+    # budget the severity is judged at); None leaves it to the rule (`assessment.rules.headline_metric`).
+    headline: str | None = None
 
     def __post_init__(self) -> None:
         ids = [m.id for m in self.metrics]
         if len(set(ids)) < len(ids):
             raise ValueError(f"{self.rule_id}: metric ids repeat: {ids}")
+        if self.headline is not None and self.headline not in ids:
+            raise ValueError(f"{self.rule_id}: headline {self.headline!r} is not one of its metrics {ids}")
 
     @property
     def breaks_policy(self) -> bool:

@@ -157,8 +157,11 @@ RULES: dict[str, Rule] = {
 
 
 def headline_metric(finding: Finding) -> Metric | None:
-    """The figure that sums `finding` up: the first of its rule's `headline` ids that the finding has (for an id
-    ending in "@", its metric with the largest parameter). None when none is there, or the rule is not aisec's."""
+    """The figure that sums `finding` up: the one the probe named (`finding.headline`), else the first of its
+    rule's `headline` ids that the finding has (for an id ending in "@", its metric with the largest parameter).
+    None when none is there, or the rule is not aisec's."""
+    if finding.headline is not None:
+        return finding.metric(finding.headline)
     rule = RULES.get(finding.rule_id)
     for wanted in rule.headline if rule is not None else ():
         if not wanted.endswith("@"):

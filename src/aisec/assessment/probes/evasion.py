@@ -340,6 +340,7 @@ def _robustness_finding(
         examples=tuple(examples),
         policy=tuple(checks),
         reliable=not fired,
+        headline=f"robust_accuracy@{ref_eps:g}",
     )
 
 
