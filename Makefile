@@ -70,16 +70,21 @@ test: $(STAMP) lint services
 test-all: $(STAMP) services
 	$(PYTEST) -m ""
 
-# The real servers the tests start on loopback or a local socket: PostgreSQL (the audit log's team backend),
-# from Debian's packages when missing and this is a Debian machine we may install on. The tests start and stop
-# their own server; without the package they skip with a message saying how to install it.
+# What the tests use for real, from Debian's packages when missing and this is a Debian machine we may install
+# on: a PostgreSQL server (the audit log's team backend; the tests start and stop their own on a Unix socket) and
+# Chromium (the HTML report rendered and printed by a real browser). Without them those tests skip, saying how
+# to install them.
 services:
-	@if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-			echo "installing Debian's postgresql package for the audit-log tests"; \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+			echo "installing Debian's$$missing for the tests"; \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+				|| echo "could not install$$missing (their tests will be skipped)"; \
 		else \
-			echo "PostgreSQL server not installed and cannot install it here: its tests will be skipped"; \
+			echo "not installed and cannot install here:$$missing (their tests will be skipped)"; \
 		fi; \
 	fi
 

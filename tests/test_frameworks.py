@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -373,3 +374,42 @@ def test_the_scan_path_stays_light() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def _browser() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if found := shutil.which(name):
+            return found
+    pytest.skip(
+        "no Chromium: the report's browser check needs it (Debian: apt-get install chromium; `make test` installs it)"
+    )
+
+
+def test_a_real_browser_renders_the_matrix_first_and_prints_the_report(tmp_path: Path) -> None:
+    """Headless Chromium parses the page (the DOM it builds, not our text) with the matrix before any finding,
+    every cell in place, and prints the whole report to PDF, as a reader would."""
+    browser = _browser()
+    page = tmp_path / "report.html"
+    page.write_text(render_html(_assessment()), "utf-8")
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    matrix = dom.index('id="defence-matrix"')
+    assert matrix < dom.index('id="finding-1"')
+    table = dom[matrix : dom.index("</table>", matrix)]
+    rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)[1:]  # the header row, then one per attack class
+    assert len(rows) == 5 and all(len(re.findall(r"<td\b", row)) == 4 for row in rows)
+    pdf = tmp_path / "report.pdf"
+    subprocess.run(
+        [*flags, "--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.as_uri()],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 20_000
