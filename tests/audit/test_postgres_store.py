@@ -599,3 +599,33 @@ def test_two_processes_append_at_once(fresh_url: str, tmp_path: Path) -> None:
         assert [entry["number"] for entry in fields if entry["writer"] == writer] == list(range(100))
     turns = sum(1 for before, after in itertools.pairwise(fields) if before["writer"] != after["writer"])
     assert turns > 1, "the writers did not overlap: nothing was tested"
+
+
+def test_the_commands_record_to_and_verify_a_postgresql_log(fresh_url: str, tmp_path: Path) -> None:
+    """`--audit-log postgresql://...` end to end: two scans recorded, `aisec audit verify` and `show` read them."""
+    from typer.testing import CliRunner
+
+    from aisec.cli import app
+
+    runner = CliRunner()
+    env = {"AISEC_AUDIT_LOG": None, "AISEC_AUDIT_KEY": None}
+    assert (
+        runner.invoke(
+            app, ["keygen", "--type", "ed25519", str(tmp_path / "k"), str(tmp_path / "p")]
+        ).exit_code
+        == 0
+    )
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    for _ in range(2):
+        result = runner.invoke(
+            app, ["scan", str(model), "--audit-log", fresh_url, "--audit-key", str(tmp_path / "k")], env=env
+        )
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["audit", "verify", fresh_url, "--key", str(tmp_path / "p")], env=env)
+    assert result.exit_code == 0, result.output
+    assert "2 entries, 2 signed checkpoints" in result.output
+    shown = runner.invoke(app, ["audit", "show", fresh_url, "--json"], env=env)
+    assert [
+        line.count('"command":"scan"') + line.count('"command": "scan"') for line in shown.stdout.splitlines()
+    ] == [1, 1]
