@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from aisec.cli import audit as cli_audit
+from aisec.cli import data as cli_data
 from aisec.cli import inspect as cli_inspect
 from aisec.cli import supply_chain as cli_supply_chain
 from aisec.cli.assessment_output import progress_for, record_assessment, report_formats, summarise
@@ -129,3 +130,4 @@ def demo(
 cli_supply_chain.register(app)
 cli_inspect.register(app)
 cli_audit.register(app)
+cli_data.register(app)
