@@ -10,8 +10,8 @@ import yaml
 from typer.testing import CliRunner
 
 from aisec.cli import app
+from aisec.core.hashing import file_sha256
 from aisec.demo.run import DEMO_PLAN, prepare_demo
-from aisec.report.audit_record import file_sha256
 
 runner = CliRunner()
 
@@ -88,7 +88,7 @@ def test_every_command_appends_one_entry_that_vouches_for_its_reports(demo, keys
     assert headline is not None and isinstance(headline["value"], (int, float))
     assert headline["id"] == "robust_accuracy@0.05"  # the budget the policy judges, not the largest one
     for path, digest in first["reports"].items():  # every report written is vouched for by its hash
-        assert file_sha256(__import__("pathlib").Path(path)) == digest
+        assert file_sha256(path) == digest
     assert str(out / "report.json") in first["reports"]
     for row in rows:
         assert row["tool"] == "aisec" and row["tool_version"] and row["time"] and row["host"]

@@ -12,7 +12,6 @@ given or inferred from the model and data.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aisec.core.errors import DataError, ModelLoadError
+from aisec.core.hashing import file_sha256
 from aisec.core.user_code import import_callable
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData, as_labelled
@@ -28,14 +28,6 @@ from aisec.targets.base import InputSpec, Target
 
 if TYPE_CHECKING:
     from aisec.assessment.plan import DataSection, TargetSection
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_target(section: TargetSection) -> tuple[Target, str]:

@@ -170,7 +170,6 @@ def prove(
     with `aisec audit check-proof` and the log's public key."""
 
     def run() -> int:
-        from aisec.core.atomic import write_atomic
         from aisec.defend.auditability.audit_log.log import AuditLog
 
         audit_log = AuditLog.open(log)
@@ -178,12 +177,7 @@ def prove(
             proof = audit_log.inclusion_proof(entry)
         finally:
             audit_log.store.close()
-        text = json.dumps(proof, indent=2, ensure_ascii=False) + "\n"
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            write_atomic(output, text)
-            console.print(f"wrote the proof of entry {entry} to {plain(output)}")
+        _emit(json.dumps(proof, indent=2, ensure_ascii=False) + "\n", output, f"the proof of entry {entry}")
         return EXIT_OK
 
     guarded(run)
@@ -247,7 +241,6 @@ def checkpoint_command(
     `aisec audit verify LOG --checkpoint FILE` proves the log was neither rewritten nor truncated since."""
 
     def run() -> int:
-        from aisec.core.atomic import write_atomic
         from aisec.defend.auditability.audit_log.log import open_store
 
         store = open_store(log, create=False)
@@ -257,15 +250,21 @@ def checkpoint_command(
             store.close()
         if not checkpoints:
             raise BadInputError(f"{log}: the log has no checkpoint yet")
-        note = checkpoints[-1].note
-        if output is None:
-            sys.stdout.write(note)
-        else:
-            write_atomic(output, note)
-            console.print(f"wrote the checkpoint of size {checkpoints[-1].size} to {plain(output)}")
+        _emit(checkpoints[-1].note, output, f"the checkpoint of size {checkpoints[-1].size}")
         return EXIT_OK
 
     guarded(run)
+
+
+def _emit(text: str, output: Path | None, what: str) -> None:
+    """Print `text` on standard output, or write it atomically to `output` and say so."""
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from aisec.core.atomic import write_atomic
+
+    write_atomic(output, text)
+    console.print(f"wrote {what} to {plain(output)}")
 
 
 def _read_text(path: Path, what: str) -> str:

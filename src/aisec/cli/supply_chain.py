@@ -104,8 +104,8 @@ def sign(
     """Hash a model file or folder and sign the manifest (OpenSSF model-signing format, offline)."""
 
     def run() -> int:
+        from aisec.core.hashing import file_sha256
         from aisec.defend.supply_chain.signing import sign_model
-        from aisec.report.audit_record import file_sha256
 
         trail = AuditTrail.open(audit_log, audit_key)
         info = sign_model(model, key, signature)
@@ -199,9 +199,9 @@ def bom(
     given --report, the assessment's figures."""
 
     def run() -> int:
+        from aisec.core.hashing import file_sha256
         from aisec.defend.supply_chain.bom import DatasetRef, build_bom, read_assessment_report, write_bom
         from aisec.defend.supply_chain.scanner import scan_paths
-        from aisec.report.audit_record import file_sha256
 
         refs = [DatasetRef(*_dataset_name_and_digest(text)) for text in dataset or []]
         if not model.exists():

@@ -16,6 +16,7 @@ from typing import Any
 
 from aisec.assessment.finding import Assessment, Estimate
 from aisec.assessment.rules import headline_metric
+from aisec.core.hashing import file_sha256
 from aisec.defend.supply_chain.result import ScanReport
 
 # A scan of a whole model hub would make one entry too large to be an entry: past this many files the entry
@@ -85,14 +86,6 @@ def scan_record(report: ScanReport, written: Mapping[str, Path]) -> dict[str, An
 def files_record(paths: Iterable[Path]) -> dict[str, str]:
     """{path: SHA-256} of the files just written."""
     return {str(path): file_sha256(Path(path)) for path in paths}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _headline(finding: Any) -> dict[str, Any] | None:

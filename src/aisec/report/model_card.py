@@ -30,38 +30,13 @@ from typing import Any
 import yaml
 
 from aisec.assessment.finding import Assessment, Estimate, Finding, Metric
-from aisec.assessment.rules import (
-    BACKDOOR_DEFENCES,
-    CERTIFIED,
-    DETECTORS,
-    HARDENED_MODELS,
-    INPUT_TRANSFORMS,
-    LABEL_FLIP_DEFENCES,
-    MEMBERSHIP_DEFENCES,
-    MODEL_FILE_SCAN,
-    MODEL_SIGNATURE,
-    NULL_LABELLING,
-    headline_metric,
-)
+from aisec.assessment.rules import MODEL_FILE_SCAN, MODEL_SIGNATURE, headline_metric
 from aisec.core.control_costs import is_cost_metric, table_costs
+from aisec.report.frameworks import FRAMEWORKS
 from aisec.report.json_report import jsonable
 
 CARD_SCHEMA = "aisec.model-card/1"
 TAGS = ("aisec", "security-assessment")
-# The findings that measure a control (a defence) rather than an attack on the model as it is.
-CONTROL_RULES = frozenset(
-    rule.id
-    for rule in (
-        HARDENED_MODELS,
-        CERTIFIED,
-        DETECTORS,
-        INPUT_TRANSFORMS,
-        NULL_LABELLING,
-        MEMBERSHIP_DEFENCES,
-        LABEL_FLIP_DEFENCES,
-        BACKDOOR_DEFENCES,
-    )
-)
 # The adapter aisec queried the model through -> the Hugging Face `library_name` of such a model.
 _LIBRARIES = {
     "TorchTarget": "pytorch",
@@ -168,7 +143,7 @@ def security_section(assessment: Assessment) -> dict[str, Any]:
                 }
                 for f in findings
             ],
-            "controls": [_control(f) for f in findings if f.rule_id in CONTROL_RULES or _costs(f)],
+            "controls": [_control(f) for f in findings if _is_control(f) or _costs(f)],
             "scan": _scan(assessment),
             "hashes": {
                 "model_sha256": _scanned_sha256(assessment),
@@ -242,6 +217,15 @@ def _costs(finding: Finding) -> list[dict[str, Any]]:
             for label, heading, cell in table_costs(table.columns, table.rows)
         ]
     return costs
+
+
+def _is_control(finding: Finding) -> bool:
+    """A finding that measures a control (a defence or a check) rather than an attack: its rule's role in the
+    framework mapping, the one classification the matrix uses too. The file scan and signature have their own
+    section of the card."""
+    refs = FRAMEWORKS.get(finding.rule_id)
+    own_section = finding.rule_id in (MODEL_FILE_SCAN.id, MODEL_SIGNATURE.id)
+    return refs is not None and refs.role == "control" and not own_section
 
 
 def _control(finding: Finding) -> dict[str, Any]:

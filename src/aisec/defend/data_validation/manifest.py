@@ -16,6 +16,7 @@ from typing import Any
 
 from aisec.core.atomic import write_atomic
 from aisec.core.errors import BadInputError
+from aisec.core.hashing import file_sha256
 from aisec.core.version import __version__
 from aisec.defend.data_validation.records import read_records
 
@@ -81,7 +82,7 @@ def _file_entry(path: Path, *, label: str | None, key: str | None, source: str |
     return {
         "path": str(path),
         "size": path.stat().st_size,
-        "sha256": _file_sha256(path),
+        "sha256": file_sha256(path),
         "records": len(records),
         "schema": records.schema(),
         "class_counts": None if counts is None else {str(c): n for c, n in sorted(counts.items(), key=str)},
@@ -89,14 +90,6 @@ def _file_entry(path: Path, *, label: str | None, key: str | None, source: str |
         "record_hashes": dict(zip(names, hashes, strict=True)),
         "content_digest": digest.hexdigest(),
     }
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_manifest(manifest: dict[str, Any], out_path: str | os.PathLike[str]) -> None:
