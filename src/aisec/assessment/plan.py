@@ -235,6 +235,31 @@ class InspectionProbeSection(ProbeSection):
         return self
 
 
+class DataFileSection(_Section):
+    """A data set file for `probes.data_validation`: .npz (arrays `x`, `y`, optional `ids`, `source`), CSV or
+    Parquet with named label, key and source columns (docs/data-validation.md)."""
+
+    path: Path
+    label: str | None = Field("label", description="CSV/Parquet: the label column (null: unlabelled)")
+    key: str | None = Field(None, description="CSV/Parquet: the column that identifies a record")
+    source: str | None = Field(None, description="CSV/Parquet: the column naming each record's source")
+
+
+@register("data_validation", probe="aisec.assessment.probes.data_validation:DataValidationProbe")
+class DataValidationProbeSection(ProbeSection):
+    """Data you did not make, validated against a reference (docs/data-validation.md): schema and ranges,
+    drift with false-discovery-rate control and effect sizes, labels the provider changed, source dependence,
+    duplicates and leakage; the plan's model gives prediction drift and accuracy per class."""
+
+    reference: DataFileSection
+    current: DataFileSection
+    key: str | None = Field(None, description="the key column of both files (shorthand for each one's `key`)")
+    fdr: float = Field(0.04, gt=0, lt=1, description="false discovery rate of the per-feature drift tests")
+    min_effect: float = Field(0.05, ge=0, description="smallest drift that counts, in reference std units")
+    multivariate_alpha: float = Field(0.01, gt=0, lt=1, description="level of the two-sample tests")
+    near_tolerance: float = Field(1e-3, ge=0, description="near duplicates: largest difference, in std units")
+
+
 def _needs_training_data(plan: Plan) -> None:
     if plan.training is None:
         raise ValueError(
@@ -417,6 +442,36 @@ class DefencesSection(_Section):
         return fields
 
 
+class DataValidationPolicy(_Section):
+    """Thresholds for the data-validation findings (AISEC-DAT-*); the defaults fail on any departure that the
+    tests can tell from chance."""
+
+    max_out_of_range_rate: float = Field(
+        0.01, ge=0, le=1, description="largest share of a column's values outside the reference's range"
+    )
+    max_missing_increase: float = Field(
+        0.05, ge=0, le=1, description="largest rise of a column's share of missing values"
+    )
+    max_unseen_category_rate: float = Field(
+        0.01, ge=0, le=1, description="largest share of a column's values in categories the reference lacks"
+    )
+    max_drifted_features: int = Field(0, ge=0, description="features allowed to drift")
+    fail_on_multivariate_drift: bool = True
+    fail_on_label_drift: bool = Field(True, description="fail when the labels' distribution drifted")
+    max_label_change_rate: float = Field(
+        0.0, ge=0, le=1, description="largest share of matched records whose label changed"
+    )
+    fail_on_class_change: bool = Field(True, description="fail when a class appeared or vanished")
+    min_accuracy: float | None = Field(None, ge=0, le=1, description="lowest model accuracy on current data")
+    max_source_share: float = Field(0.5, gt=0, le=1, description="largest share one source may hold")
+    fail_on_critical_source: bool = Field(
+        True, description="fail when leaving one source out moves accuracy beyond its confidence interval"
+    )
+    max_leaked_share: float = Field(
+        0.0, ge=0, le=1, description="largest share of current records that repeat a reference record"
+    )
+
+
 class PolicySection(_Section):
     """Thresholds; a finding that breaks one makes `aisec assess` exit with 1."""
 
@@ -436,6 +491,7 @@ class PolicySection(_Section):
     fail_on: Severity | None = Field(
         None, description="fail when any finding is at least this severe (info, low, medium, high, critical)"
     )
+    data_validation: DataValidationPolicy = DataValidationPolicy()
 
     @field_validator("min_robust_accuracy")
     @classmethod
@@ -584,6 +640,14 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
             else None,
         }
     )
+    validation = getattr(plan.probes, "data_validation", None)
+    if validation is not None:
+        files = {
+            side: getattr(validation, side).model_copy(update={"path": base / getattr(validation, side).path})
+            for side in ("reference", "current")
+        }
+        probes = plan.probes.model_copy(update={"data_validation": validation.model_copy(update=files)})
+        plan = plan.model_copy(update={"probes": probes})
     inspection = getattr(plan.probes, "inspection", None)
     if inspection is not None:
         files = {

@@ -123,6 +123,19 @@ SHORTCUT = Rule(
 EXPLANATIONS = Rule(
     "AISEC-AUD-002", "What the model looks at: attributions per class", _BKD, ("ig_completeness_error",)
 )
+# Validation of data you did not make (probes.data_validation, `aisec validate`).
+DATA_SCHEMA = Rule(
+    "AISEC-DAT-001",
+    "Schema and ranges of the current data against the reference",
+    _POI,
+    ("out_of_range_rate",),
+)
+DATA_DRIFT = Rule(
+    "AISEC-DAT-002", "Drift of the current data from the reference", _POI, ("drifted_features",)
+)
+LABEL_CHANGES = Rule("AISEC-DAT-003", "Labels the data provider changed", _POI, ("label_change_rate",))
+SOURCE_DEPENDENCE = Rule("AISEC-DAT-004", "Dependence on one data source", _POI, ("largest_source_share",))
+DUPLICATES = Rule("AISEC-DAT-005", "Duplicates and leakage between data sets", _POI, ("leaked_share",))
 
 RULES: dict[str, Rule] = {
     rule.id: rule
@@ -152,6 +165,11 @@ RULES: dict[str, Rule] = {
         INSPECTED_BACKDOOR,
         SHORTCUT,
         EXPLANATIONS,
+        DATA_SCHEMA,
+        DATA_DRIFT,
+        LABEL_CHANGES,
+        SOURCE_DEPENDENCE,
+        DUPLICATES,
     )
 }
 

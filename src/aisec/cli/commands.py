@@ -16,6 +16,7 @@ from aisec.cli import audit as cli_audit
 from aisec.cli import data as cli_data
 from aisec.cli import inspect as cli_inspect
 from aisec.cli import supply_chain as cli_supply_chain
+from aisec.cli import validate as cli_validate
 from aisec.cli.assessment_output import progress_for, record_assessment, report_formats, summarise
 from aisec.cli.audit import AuditKeyOption, AuditLogOption
 from aisec.cli.support import console, guarded, plain
@@ -131,3 +132,4 @@ cli_supply_chain.register(app)
 cli_inspect.register(app)
 cli_audit.register(app)
 cli_data.register(app)
+cli_validate.register(app)

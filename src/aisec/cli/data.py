@@ -1,8 +1,10 @@
 """`aisec data`: the data you did not make (docs/data-validation.md). `manifest` records where a data set came from
-and what it held; `diff` compares two snapshots record by record, so a provider's relabelling is listed exactly.
+and what it held; `diff` compares two snapshots record by record, so a provider's relabelling is listed exactly;
+`reference` saves a sketch of a reference data set once, and `monitor` checks windows of incoming data against it.
 
-Exit codes: manifest 0 written; diff 0 no label changed and no class appeared or vanished, 1 some did (the
-provider changed its labels), 2 bad input (one line, nothing written); 3 internal error.
+Exit codes: manifest and reference 0 written; diff 0 no label changed and no class appeared or vanished, 1 some
+did (the provider changed its labels); monitor 0 the policy held, 1 a finding breaks it; 2 bad input (one line,
+nothing written); 3 internal error.
 """
 
 from __future__ import annotations
@@ -123,6 +125,109 @@ def _print_diff(result: Any, old: Path, new: Path) -> None:
             for after, count in after_counts.items():
                 transitions.add_row(plain(before), plain(after), str(count))
         console.print(transitions)
+
+
+@data_app.command("reference")
+def reference(
+    path: Annotated[Path, typer.Argument(help="The reference data set: .npz, .csv or .parquet.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the sketch.")] = Path(
+        "reference.sketch"
+    ),
+    label: _LABEL = "label",
+    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="The file has no label column.")] = False,
+    key: _KEY = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample the sketch keeps.")] = 0,
+) -> None:
+    """Save a sketch of a reference data set (per-feature histograms and statistics, class counts, a sample for
+    the multivariate tests, record digests for leakage), so that windows of incoming data are checked against
+    it without re-reading the reference (`aisec data monitor`)."""
+
+    def run() -> int:
+        import numpy as np
+
+        from aisec.defend.data_validation.records import read_records
+        from aisec.defend.data_validation.reference_sketch import build_sketch, save_sketch
+
+        records = read_records(path, label=None if unlabelled else label, key=key)
+        sketch = build_sketch(records, generator=np.random.default_rng(seed))
+        save_sketch(sketch, output)
+        console.print(
+            f"wrote {plain(output)}: {sketch.rows} records, {len(sketch.numeric)} numeric and "
+            f"{len(sketch.categorical)} categorical features",
+            highlight=False,
+        )
+        return EXIT_OK
+
+    guarded(run)
+
+
+@data_app.command("monitor")
+def monitor(
+    sketch: Annotated[Path, typer.Argument(help="The reference sketch (`aisec data reference`).")],
+    window: Annotated[Path, typer.Argument(help="A window of incoming data: .npz, .csv or .parquet.")],
+    history: Annotated[
+        Path | None,
+        typer.Option("--history", help="JSON-lines file of earlier windows; this window is appended."),
+    ] = None,
+    label: _LABEL = "label",
+    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="The window has no label column.")] = False,
+    key: _KEY = None,
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="YAML of thresholds (docs/data-validation.md).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports.")] = Path("out"),
+) -> None:
+    """Check a window of incoming data against a reference sketch: schema, drift, labels, records repeated from
+    the reference. The report charts every window of --history. Exit 1 when a finding breaks the policy."""
+
+    def run() -> int:
+        from aisec.assessment.plan import DataFileSection
+        from aisec.assessment.validate_data import monitor_window, validation_summary
+        from aisec.cli.assessment_output import summarise
+        from aisec.cli.validate import VALIDATION_JSON, read_policy
+        from aisec.core.atomic import write_atomic
+        from aisec.report.writer import write_reports
+
+        policy = read_policy(policy_file)
+        earlier = _read_history(history)
+        section = DataFileSection(path=window, label=None if unlabelled else label, key=key)
+        assessment, result, entry = monitor_window(sketch, section, history=earlier, policy=policy, seed=seed)
+        summary = json.dumps(validation_summary(assessment, result), indent=2, allow_nan=False) + "\n"
+        paths = write_reports(
+            assessment, output, ("json", "html", "sarif", "junit"), extra={VALIDATION_JSON: summary.encode()}
+        )
+        if history is not None:
+            lines = [json.dumps(e, sort_keys=True, allow_nan=False) for e in (*earlier, entry)]
+            write_atomic(history, "\n".join(lines) + "\n")
+        summarise(assessment, paths)
+        return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
+
+    guarded(run)
+
+
+def _read_history(path: Path | None) -> list[dict[str, Any]]:
+    """The windows checked so far; a history that is not this command's JSON lines is bad input."""
+    from aisec.core.errors import BadInputError
+
+    if path is None or not path.exists():
+        return []
+    entries = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadInputError(f"{path}: cannot read the monitoring history: {e}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            raise BadInputError(f"{path}:{number}: not a JSON line of a monitoring history") from None
+        if not isinstance(entry, dict) or not {"window", "drifted_features", "checked_at"} <= set(entry):
+            raise BadInputError(f"{path}:{number}: not an entry of `aisec data monitor`'s history")
+        entries.append(entry)
+    return entries
 
 
 def register(app: typer.Typer) -> None:

@@ -112,6 +112,7 @@ INVERT_MODEL = _atlas("AML.T0024.001", "Exfiltration via AI Inference API: Inver
 EXTRACT_MODEL = _atlas("AML.T0024.002", "Exfiltration via AI Inference API: Extract AI Model")
 TRAIN_PROXY_BY_REPLICATION = _atlas("AML.T0005.001", "Create Proxy AI Model: Train Proxy via Replication")
 SUPPLY_CHAIN_SOFTWARE = _atlas("AML.T0010.001", "AI Supply Chain Compromise: AI Software")
+SUPPLY_CHAIN_DATA = _atlas("AML.T0010.002", "AI Supply Chain Compromise: Data")
 SUPPLY_CHAIN_MODEL = _atlas("AML.T0010.003", "AI Supply Chain Compromise: Model")
 UNSAFE_ARTIFACTS = _atlas("AML.T0011.000", "User Execution: Unsafe AI Artifacts")
 MASQUERADING = _atlas("AML.T0074", "Masquerading")
@@ -197,6 +198,22 @@ _ASSESSMENT: dict[str, FrameworkRefs] = {
     ),
     "AISEC-AUD-001": FrameworkRefs("control", _BKD, AUDITABILITY, ("deployment",), _SHORTCUT, (ML02, ML10)),
     "AISEC-AUD-002": FrameworkRefs("control", _BKD, AUDITABILITY, ("deployment",), _SHORTCUT, (ML02, ML10)),
+    # Data from outside: checked when it arrives; drift is also watched in operation (monitoring windows).
+    "AISEC-DAT-001": FrameworkRefs(
+        "control", _POI, DATA_VALIDATION, ("data",), (SUPPLY_CHAIN_DATA,), (ML06,)
+    ),
+    "AISEC-DAT-002": FrameworkRefs(
+        "control", _POI, DATA_VALIDATION, ("data", "operation"), (SUPPLY_CHAIN_DATA,), (ML06, ML08)
+    ),
+    "AISEC-DAT-003": FrameworkRefs(
+        "control", _POI, DATA_VALIDATION, ("data",), (SUPPLY_CHAIN_DATA, POISON_TRAINING_DATA), (ML02, ML06)
+    ),
+    "AISEC-DAT-004": FrameworkRefs(
+        "control", _POI, DATA_VALIDATION, ("data", "training"), (SUPPLY_CHAIN_DATA,), (ML06,)
+    ),
+    "AISEC-DAT-005": FrameworkRefs(
+        "control", _POI, DATA_VALIDATION, ("data",), (SUPPLY_CHAIN_DATA,), (ML06,)
+    ),
 }
 
 _SCAN: dict[str, FrameworkRefs] = {

@@ -6,7 +6,7 @@ import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from aisec.assessment.finding import Assessment
@@ -36,11 +36,14 @@ def write_reports(
     assessment: Assessment,
     out_dir: str | os.PathLike[str],
     formats: Iterable[str] = tuple(FILE_NAMES),
+    *,
+    extra: Mapping[str, bytes] | None = None,
 ) -> dict[str, Path]:
     """Write the reports in `formats` into `out_dir` (created if missing) and return each format's path (its
     `FILE_NAMES` file; `FORMAT_FILES` lists all it writes: the model card is `model_card.md` and its data
     `model_card.json`); the models the assessment trained (its findings' `models`, e.g. adversarially trained
-    ones) go to `out_dir/models/`.
+    ones) go to `out_dir/models/`. `extra` maps further file names to their bytes (e.g. `aisec validate`'s
+    `validation.json`), written with the reports, all or none.
 
     All of them are rendered and written into a temporary folder beside `out_dir` before any is moved in.
     On any error, KeyboardInterrupt included, nothing is left behind: no temporary folder, no new folder,
@@ -63,6 +66,10 @@ def write_reports(
     }
     models = {f"{MODELS}/{m.file_name}": m.content for f in assessment.findings for m in f.models}
     files |= models
+    for name in extra or {}:
+        if "/" in name or name in files or name.startswith("."):
+            raise ValueError(f"extra report file {name!r} is not a plain file name of its own")
+    files |= dict(extra or {})
     folders = (out / MODELS, out, *out.parents) if models else (out, *out.parents)
     created = [folder for folder in folders if not folder.exists()]  # innermost first
     undo: list[tuple[Path, Path | None]] = []  # (report, where the report it replaced waits) in move order

@@ -173,6 +173,57 @@ def read_records(
     return _tabular_records(path, header, table, label=label, key=key, source=source)
 
 
+def records_from_arrays(
+    x: np.ndarray,
+    y: np.ndarray | None = None,
+    *,
+    names: list[str] | None = None,
+    keys: np.ndarray | None = None,
+    sources: np.ndarray | None = None,
+    path: str = "<memory>",
+) -> Records:
+    """Records from arrays a Python user holds: `x` of shape (n, d) gives numeric columns (named `names`, else
+    x0..x{d-1}), more dimensions an image array; `y` int or str labels; `keys` unique and `sources` any values,
+    both kept as str. The same checks as a file: lengths agree, keys unique, no missing label."""
+    x = np.asarray(x)
+    n = x.shape[0]
+    for role, extra in (("y", y), ("keys", keys), ("sources", sources)):
+        if extra is not None and len(extra) != n:
+            raise BadInputError(f"{path}: {role} has {len(extra)} entries, x has {n} records")
+    labels = None
+    if y is not None:
+        y = np.asarray(y)
+        labels = y.astype(np.int64) if y.dtype.kind in "iub" else _strings(y)
+        _check_complete(Path(path), "y", labels, "label")
+    key_array = None if keys is None else _strings(np.asarray(keys))
+    if key_array is not None:
+        _check_unique_keys(Path(path), "keys", key_array)
+    source_array = None if sources is None else _strings(np.asarray(sources))
+    columns: tuple[Column, ...] = ()
+    array = None
+    if x.ndim == 2:
+        names = names or [f"x{i}" for i in range(x.shape[1])]
+        if len(names) != x.shape[1] or len(set(names)) != len(names):
+            raise BadInputError(f"{path}: {len(names)} distinct column names needed for {x.shape[1]} columns")
+        columns = tuple(
+            Column(name, "numeric", np.ascontiguousarray(x[:, i], dtype=np.float64))
+            for i, name in enumerate(names)
+        )
+    else:
+        array = x
+    return Records(
+        path=path,
+        columns=columns,
+        array=array,
+        labels=labels,
+        keys=key_array,
+        sources=source_array,
+        label_column=None if y is None else "y",
+        key_column=None if keys is None else "ids",
+        source_column=None if sources is None else "source",
+    )
+
+
 def _detect_format(path: Path) -> str:
     expected = _EXTENSIONS.get(path.suffix.lower())
     if expected is None:

@@ -124,6 +124,8 @@ def _match_by_key(old: Records, new: Records) -> tuple[list[str], list[str], lis
 def _features_differ(old: Records, new: Records, pairs: np.ndarray) -> np.ndarray:
     """Per matched pair, whether the features differ: compared column by column (NaN equals NaN, -0.0 equals
     0.0, as in `Records.record_hashes`) when the schemas agree, by record hash otherwise."""
+    if pairs.shape[0] == 0:
+        return np.zeros(0, dtype=bool)
     if [(c.name, c.kind) for c in old.columns] != [(c.name, c.kind) for c in new.columns] or (
         old.schema()["array"] != new.schema()["array"]
     ):
