@@ -183,3 +183,39 @@ def test_bad_robustness_defences(tmp_path, old, new, expected):
         text = text.replace("  factory: aisec.demo.models:digits_cnn\n", "")
     with pytest.raises(PlanError, match=expected):
         load_plan(write(tmp_path, text))
+
+
+def test_data_validation_section_resolves_its_files_and_policy(tmp_path):
+    text = GOOD.replace(
+        "probes:\n",
+        "probes:\n  data_validation:\n    reference: {path: data/train.csv, source: provider}\n"
+        "    current: {path: data/new.csv}\n    key: id\n    fdr: 0.02\n",
+    ).replace(
+        "policy:\n", "policy:\n  data_validation: {max_label_change_rate: 0.01, max_drifted_features: 2}\n"
+    )
+    plan, _ = load_plan(write(tmp_path, text))
+    section = plan.probes.data_validation
+    assert (
+        section.reference.path == tmp_path / "data/train.csv"
+        and section.current.path == tmp_path / "data/new.csv"
+    )
+    assert section.reference.source == "provider" and section.key == "id" and section.fdr == 0.02
+    assert plan.policy.data_validation.max_label_change_rate == 0.01
+    assert (
+        plan.policy.data_validation.max_drifted_features == 2
+        and plan.policy.data_validation.max_leaked_share == 0
+    )
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{current: {path: a.csv}}", "probes.data_validation.reference: Field required"),
+        ("{reference: {path: a.csv}, current: {path: b.csv}, fdr: 1.5}", "probes.data_validation.fdr"),
+        ("{reference: {path: a.csv, colour: red}, current: {path: b.csv}}", "colour"),
+    ],
+)
+def test_bad_data_validation_sections(tmp_path, section, expected):
+    text = GOOD.replace("probes:\n", f"probes:\n  data_validation: {section}\n")
+    with pytest.raises(PlanError, match=expected):
+        load_plan(write(tmp_path, text))
