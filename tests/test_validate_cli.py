@@ -263,3 +263,26 @@ def test_the_example_runs():
     assert out.returncode == 0, out.stderr
     assert "drifted features: ['x4']" in out.stdout and "records relabelled: 100 (1.0%)" in out.stdout
     assert "re-sent under new keys: 30" in out.stdout and "a clean window drifted: False" in out.stdout
+
+
+def test_a_constant_column_that_moved_and_an_empty_column_still_give_valid_reports(tmp_path):
+    """Infinite effects (a column constant in the reference that moved) and features with no values on one side
+    leave blanks in the reports, never NaN or Infinity in the JSON."""
+    generator = np.random.default_rng(10)
+    x, y = snapshot(generator, 500)
+    x_new, y_new = snapshot(generator, 500)
+    x[:, 0] = 1.0
+    x_new[:, 0] = 2.0
+    x_new[:, 1] = np.nan
+    write_csv(tmp_path / "ref.csv", np.arange(500), x, y)
+    write_csv(tmp_path / "cur.csv", np.arange(500, 1000), x_new, y_new)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["validate", str(tmp_path / "ref.csv"), str(tmp_path / "cur.csv"), "--key", "id", "-o", str(out)]
+    )
+    assert result.exit_code == 1, result.output
+    strict = {"parse_constant": lambda name: pytest.fail(f"{name} in the JSON")}
+    summary = json.loads((out / "validation.json").read_text(), **strict)
+    json.loads((out / "report.json").read_text(), **strict)
+    assert "f0" in summary["drifted_features"]
+    assert {c["check"] for c in summary["failed_checks"]} >= {"max_out_of_range_rate", "max_missing_increase"}

@@ -3,6 +3,7 @@ what `aisec validate` and `probes.data_validation` report."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,16 @@ def validation_findings(
     if result.duplicates is not None or result.leaked_records is not None:
         findings.append(duplicates_finding(result, policy, provenance))
     return findings
+
+
+_CHART_CAP = 10.0  # an infinite effect (a feature constant in the reference that moved) drawn at this height
+
+
+def _finite(value: float, digits: int | None = None) -> float | None:
+    """`value` rounded, or None when it is NaN or infinite (JSON has neither; the table shows a blank)."""
+    if not math.isfinite(value):
+        return None
+    return value if digits is None else round(value, digits)
 
 
 def _check(
@@ -164,10 +175,10 @@ def drift_finding(result: ValidationResult, policy: DataValidationPolicy, proven
             f.name,
             f.kind,
             f.test,
-            round(f.statistic, 5),
+            _finite(f.statistic, 5),
             float(f"{f.p_value:.3g}"),
             float(f"{f.q_value:.3g}"),
-            round(f.effect, 4),
+            _finite(f.effect, 4),
             f.effect_name,
             f.drifted,
         )
@@ -185,7 +196,7 @@ def drift_finding(result: ValidationResult, policy: DataValidationPolicy, proven
         Metric(
             id="largest_effect",
             name="Largest effect size",
-            value=max((f.effect for f in result.features), default=0.0),
+            value=max((e for f in result.features if (e := _finite(f.effect)) is not None), default=0.0),
         ),
     ]
     tables = [
@@ -221,25 +232,19 @@ def drift_finding(result: ValidationResult, policy: DataValidationPolicy, proven
                 ),
             )
         )
-    top = sorted(result.features, key=lambda f: -f.effect)[:30]
+    effects = [min(_finite(f.effect) or 0.0, _CHART_CAP) for f in result.features]
     charts = (
         (
             Chart(
                 id="drift_effect",
-                title="Largest drifts: effect size per feature",
-                x_label="feature (rank by effect)",
+                title="Drift effect size per feature (in file order; the table names the largest)",
+                x_label="feature index",
                 y_label="effect (Wasserstein / reference std, or Jensen-Shannon)",
-                series=(
-                    Series(
-                        "effect",
-                        tuple(float(i) for i in range(1, len(top) + 1)),
-                        tuple(f.effect for f in top),
-                    ),
-                ),
+                series=(Series("effect", tuple(float(i) for i in range(len(effects))), tuple(effects)),),
                 kind="bar",
             ),
         )
-        if top
+        if effects
         else ()
     )
     whole = (
