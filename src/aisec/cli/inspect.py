@@ -23,6 +23,18 @@ from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 from aisec.report import FILE_NAMES
 
 KINDS = ("auto", "torch", "torchscript", "onnx", "sklearn")
+# How a model file is loaded, for the commands that load one (inspect, validate --model).
+FactoryOption = Annotated[
+    str | None,
+    typer.Option("--factory", help="package.module:function building the module of a torch state dict."),
+]
+KindOption = Annotated[
+    str, typer.Option("--kind", help="auto (from the file's bytes), torch, torchscript, onnx or sklearn.")
+]
+TrustedOption = Annotated[
+    bool,
+    typer.Option("--trusted", help="Load a TorchScript file (it runs its own code): only files you trust."),
+]
 
 
 def inspect(
@@ -31,13 +43,8 @@ def inspect(
         typer.Argument(help="The model file: torch state dict, TorchScript, ONNX or scikit-learn pickle."),
     ],
     data: Annotated[Path, typer.Option("--data", "-d", help="Clean labelled data: an .npz with x and y.")],
-    factory: Annotated[
-        str | None,
-        typer.Option("--factory", help="package.module:function building the module of a torch state dict."),
-    ] = None,
-    kind: Annotated[
-        str, typer.Option("--kind", help="auto (from the file's bytes), torch, torchscript, onnx or sklearn.")
-    ] = "auto",
+    factory: FactoryOption = None,
+    kind: KindOption = "auto",
     input_shape: Annotated[
         str | None, typer.Option("--input-shape", help="Shape of one sample, e.g. 1,8,8 (default: inferred).")
     ] = None,
@@ -48,12 +55,7 @@ def inspect(
         str | None,
         typer.Option("--bounds", help="Input range LOWER,UPPER (with --input-shape; default 0,1)."),
     ] = None,
-    trusted: Annotated[
-        bool,
-        typer.Option(
-            "--trusted", help="Load a TorchScript file (it runs its own code): only files you trust."
-        ),
-    ] = False,
+    trusted: TrustedOption = False,
     signature: Annotated[
         Path | None,
         typer.Option("--signature", help="The model's signature (default: MODEL.sig, with --key)."),

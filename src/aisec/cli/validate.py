@@ -15,6 +15,7 @@ import typer
 
 from aisec.cli.assessment_output import record_assessment, report_formats, summarise
 from aisec.cli.audit import AuditKeyOption, AuditLogOption
+from aisec.cli.inspect import KINDS, FactoryOption, KindOption, TrustedOption
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 VALIDATION_JSON = "validation.json"
 _REPORT_FORMATS = "json,html,sarif,junit"
-_KINDS = ("auto", "torch", "torchscript", "onnx", "sklearn")
 
 
 def validate(
@@ -48,19 +48,9 @@ def validate(
         Path | None,
         typer.Option("--model", help="A model to check on the data: prediction drift, accuracy per class."),
     ] = None,
-    factory: Annotated[
-        str | None,
-        typer.Option("--factory", help="package.module:function building the module of a torch state dict."),
-    ] = None,
-    kind: Annotated[
-        str, typer.Option("--kind", help="auto (from the file's bytes), torch, torchscript, onnx or sklearn.")
-    ] = "auto",
-    trusted: Annotated[
-        bool,
-        typer.Option(
-            "--trusted", help="Load a TorchScript file (it runs its own code): only files you trust."
-        ),
-    ] = False,
+    factory: FactoryOption = None,
+    kind: KindOption = "auto",
+    trusted: TrustedOption = False,
     policy_file: Annotated[
         Path | None,
         typer.Option(
@@ -107,8 +97,8 @@ def validate(
             min_effect=min_effect,
         )
         trail = AuditTrail.open(audit_log, audit_key)
-        if kind not in _KINDS:
-            raise BadInputError(f"--kind {kind!r}: choose {', '.join(_KINDS)}")
+        if kind not in KINDS:
+            raise BadInputError(f"--kind {kind!r}: choose {', '.join(KINDS)}")
         load_model = None
         if model is not None:
             chosen_model = model
