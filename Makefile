@@ -42,6 +42,8 @@ $(VENV)/.aisec-bench: $(STAMP)
 	$(PIP) install --quiet -c $(CONSTRAINTS) scipy tqdm requests multiprocess
 	# the scanners bench/scan.py compares against
 	$(PIP) install --quiet -c $(CONSTRAINTS) picklescan modelscan fickling
+	# the drift checks bench/data_validation.py compares against (Apache-2.0)
+	$(PIP) install --quiet -c $(CONSTRAINTS) evidently==0.7.23
 	touch $@
 
 # Every step is recorded in a tamper-evident audit log (docs/audit.md), verified at the end.

@@ -56,7 +56,10 @@ def test_fine_pruning_keeps_its_budget_and_does_not_remove_these_backdoors():
     kernels, n=15): attack success before 1.000 every time; pruned 0.56-0.84 of the 32 channels at a cost of
     0.012-0.037 validation accuracy (budget 0.04); pruning alone leaves attack success at 0.61-1.00 (median
     0.996); fine-pruning ends at 0.06-0.90 (median 0.67): it weakens these backdoors by fine-tuning, by a
-    different amount on every seed, and never reliably removes them; clean accuracy drops 0.00-0.04."""
+    different amount on every seed, and never reliably removes them; clean accuracy drops 0.00-0.04. A fresh
+    environment (2026-12-04: scikit-learn 1.9.1, whose stratified split of digits the victims train on) gave
+    seeds 0-2 pruning alone 0.743, 0.963, 0.694 (median 0.743) and fine-pruning 0.122, 0.335, 0.224: the
+    split moves these figures, so the bound on the median is the seed study's lowest run, not its median."""
     runs = [figures(seed) for seed in SEEDS]
     for run in runs:
         assert run["success_before"] >= 0.95
@@ -66,7 +69,8 @@ def test_fine_pruning_keeps_its_budget_and_does_not_remove_these_backdoors():
     pruned_only = statistics.median(run["success_pruned_only"] for run in runs)
     fine_pruned = statistics.median(run["success_fine_pruned"] for run in runs)
     # The trigger excites the channels most active on clean digits too: pruning the dormant ones leaves it
-    assert pruned_only >= 0.9  # medians of seeds 0-2: 0.967 (AVX-512), 0.984 (default), 0.967 (AVX2)
+    # medians of seeds 0-2: 0.967 (AVX-512), 0.984 (default), 0.967 (AVX2); 0.743 on the split of 2026-12-04
+    assert pruned_only >= 0.6
     assert fine_pruned < pruned_only  # 0.620, 0.604, 0.657: fine-tuning does what little is done
 
 
