@@ -382,3 +382,34 @@ def test_bom_rejects_bad_dataset_declarations(tmp_path: Path) -> None:
     with pytest.raises(BadInputError, match="twice"):
         build_bom(model, datasets=[DatasetRef("d"), DatasetRef("d")])
     assert os.listdir(tmp_path) == ["m.bin"]
+
+
+def test_bom_cites_a_data_sets_provenance_manifest(model_dir: Path, tmp_path: Path) -> None:
+    """`aisec bom --data-manifest`: each file of the manifest becomes a data component with its SHA-256, the
+    stated licence, and a description citing the source, the date, the labeller and the manifest."""
+    from typer.testing import CliRunner
+
+    from aisec.cli import app
+
+    runner = CliRunner()
+    data = tmp_path / "train.csv"
+    data.write_text("id,age,label\nr1,30,cat\nr2,41,dog\n")
+    manifest = tmp_path / "train.manifest.json"
+    made = runner.invoke(app, ["data", "manifest", str(data), "--source", "Acme Data Ltd", "--licence", "CC-BY-4.0",
+                               "--retrieved", "2026-11-30", "--labeller", "Acme annotators", "--key", "id",
+                               "-o", str(manifest)])  # fmt: skip
+    assert made.exit_code == 0, made.output
+    out = tmp_path / "bom.json"
+    result = runner.invoke(app, ["bom", str(model_dir), "--data-manifest", str(manifest), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    bom = json.loads(out.read_text())
+    _validate_cyclonedx_1_6(bom)
+    [component] = [c for c in bom["components"] if c["type"] == "data"]
+    assert component["name"] == "train.csv" and component["licenses"] == [{"license": {"name": "CC-BY-4.0"}}]
+    from aisec.core.hashing import file_sha256
+
+    assert component["hashes"] == [{"alg": "SHA-256", "content": file_sha256(data)}]
+    assert "Acme Data Ltd" in component["description"] and "2026-11-30" in component["description"]
+    assert "Acme annotators" in component["description"] and "train.manifest.json" in component["description"]
+    not_a_manifest = runner.invoke(app, ["bom", str(model_dir), "--data-manifest", str(data), "-o", str(out)])
+    assert not_a_manifest.exit_code == 2 and "train.csv" in not_a_manifest.output

@@ -8,7 +8,7 @@ Exit codes: 0 clean / verified / written; 1 findings at or above --fail-on, or a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,6 +17,9 @@ from aisec.cli.audit_trail import AuditTrail
 from aisec.cli.scan import FORMATS, SEVERITIES, ScanOptions, run_scan
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
+
+if TYPE_CHECKING:
+    from aisec.defend.supply_chain.bom import DatasetRef
 
 
 def scan(
@@ -182,6 +185,12 @@ def bom(
         list[str] | None,
         typer.Option("--dataset", "-d", help="A training data set: NAME or NAME=SHA256 (repeatable)."),
     ] = None,
+    data_manifest: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--data-manifest", help="A data set's provenance manifest (`aisec data manifest`; repeatable)."
+        ),
+    ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Model name (default: the file name).")] = None,
     version: Annotated[str | None, typer.Option("--version", help="Model version.")] = None,
     framework: Annotated[str | None, typer.Option("--framework", help="e.g. pytorch, scikit-learn.")] = None,
@@ -204,6 +213,7 @@ def bom(
         from aisec.defend.supply_chain.scanner import scan_paths
 
         refs = [DatasetRef(*_dataset_name_and_digest(text)) for text in dataset or []]
+        refs += [ref for path in data_manifest or [] for ref in _manifest_datasets(path)]
         if not model.exists():
             raise BadInputError(f"no such file or folder: {model}")
         assessment = read_assessment_report(report) if report is not None else None
@@ -215,7 +225,8 @@ def bom(
         write_bom(document, output)
         trail.record(
             "bom",
-            {"model": model, "output": output, "dataset": dataset, "name": name, "version": version,
+            {"model": model, "output": output, "dataset": dataset, "data_manifest": data_manifest, "name": name,
+             "version": version,
              "framework": framework, "report": report},
             {
                 "model": {"source": str(model)},
@@ -231,6 +242,35 @@ def bom(
         return EXIT_OK
 
     guarded(run)
+
+
+def _manifest_datasets(path: Path) -> list[DatasetRef]:
+    """One data component per file of a provenance manifest: its name and SHA-256, the stated licence, and a
+    description citing the source, the date retrieved, the labeller, the records and the manifest itself."""
+    from aisec.core.hashing import file_sha256
+    from aisec.defend.data_validation.manifest import read_manifest
+    from aisec.defend.supply_chain.bom import DatasetRef
+
+    manifest = read_manifest(path)
+    stated = manifest["provenance"]
+    source = str(stated["source"])
+    refs = []
+    for entry in manifest["files"]:
+        labeller = f", labelled by {stated['labeller']}" if stated.get("labeller") else ""
+        description = (
+            f"{entry['records']} records from {source}, retrieved {stated['retrieved']}{labeller}; content "
+            f"digest {entry['content_digest']}; provenance manifest {path.name} (SHA-256 {file_sha256(path)})"
+        )
+        refs.append(
+            DatasetRef(
+                name=Path(entry["path"]).name,
+                sha256=entry["sha256"],
+                url=source if source.startswith(("https://", "http://")) else None,
+                description=description,
+                licence=str(stated["licence"]),
+            )
+        )
+    return refs
 
 
 def _dataset_name_and_digest(text: str) -> tuple[str, str | None]:

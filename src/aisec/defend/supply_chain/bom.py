@@ -67,6 +67,7 @@ class DatasetRef:
     sha256: str | None = None
     url: str | None = None
     description: str | None = None
+    licence: str | None = None
 
 
 def build_bom(
@@ -428,6 +429,8 @@ def _data_component(dataset: DatasetRef) -> dict[str, Any]:
         component["hashes"] = [{"alg": "SHA-256", "content": dataset.sha256.lower()}]
     if dataset.url:
         component["externalReferences"] = [{"type": "distribution", "url": dataset.url}]
+    if dataset.licence:
+        component["licenses"] = [{"license": {"name": dataset.licence}}]
     data: dict[str, Any] = {"type": "dataset", "name": dataset.name}
     if dataset.url:
         data["contents"] = {"url": dataset.url}
