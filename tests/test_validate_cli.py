@@ -286,3 +286,23 @@ def test_a_constant_column_that_moved_and_an_empty_column_still_give_valid_repor
     json.loads((out / "report.json").read_text(), **strict)
     assert "f0" in summary["drifted_features"]
     assert {c["check"] for c in summary["failed_checks"]} >= {"max_out_of_range_rate", "max_missing_increase"}
+
+
+def test_the_audit_log_vouches_for_the_reports_and_validation_json(relabelled, tmp_path):
+    folder, _ = relabelled
+    key, pub, log = tmp_path / "audit.key", tmp_path / "audit.pub", tmp_path / "audit.db"
+    assert runner.invoke(app, ["keygen", "--type", "ed25519", str(key), str(pub)]).exit_code == 0
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["validate", str(folder / "old.csv"), str(folder / "new.csv"), "--key", "id", "-o", str(out),
+              "--audit-log", str(log), "--audit-key", str(key)],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    shown = runner.invoke(app, ["audit", "show", str(log), "--json"])
+    [entry] = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert entry["command"] == "validate" and entry["verdict"] == "failed"
+    from aisec.core.hashing import file_sha256
+
+    assert entry["reports"][str(out / "validation.json")] == file_sha256(out / "validation.json")
+    assert {f["rule_id"] for f in entry["findings"]} >= {"AISEC-DAT-002", "AISEC-DAT-003"}
+    assert runner.invoke(app, ["audit", "verify", str(log), "--key", str(pub)]).exit_code == 0

@@ -59,14 +59,16 @@ def record_assessment(
     arguments: Mapping[str, Any],
     assessment: Assessment,
     paths: Mapping[str, Path],
+    extra_files: tuple[Path, ...] = (),
 ) -> None:
-    """Append the assessment's entry (hashes, verdict, headline figures, reports) to the audit log, if any."""
+    """Append the assessment's entry (hashes, verdict, headline figures, reports and `extra_files` written with
+    them) to the audit log, if any."""
     if not trail.enabled:
         return
     from aisec.report import FORMAT_FILES
     from aisec.report.audit_record import assessment_record
 
-    written = [paths[fmt].parent / name for fmt in paths for name in FORMAT_FILES[fmt]]
+    written = [paths[fmt].parent / name for fmt in paths for name in FORMAT_FILES[fmt]] + list(extra_files)
     seq = trail.record(command, arguments, assessment_record(assessment, written))
     console.print(f"audit log: entry {seq} appended and a checkpoint signed")
 

@@ -125,7 +125,7 @@ def validate(
             "policy": policy_file, "fdr": fdr, "min_effect": min_effect, "seed": seed, "output": output,
             "format": formats,
         }  # fmt: skip
-        record_assessment(trail, "validate", arguments, assessment, paths)
+        record_assessment(trail, "validate", arguments, assessment, paths, (output / VALIDATION_JSON,))
         summarise(assessment, paths)
         console.print(f"  {'json':6} {plain(output / VALIDATION_JSON)} (the verdict and what changed)")
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -207,7 +207,7 @@ def validate_window(
     result = _window_checks(sketch, current, config, generator, predict, clock, reference=None)
     with clock.stage("leakage"):
         leaked = count_in_digests(sketch.digests, current)
-    return ValidationResult(**{**result.__dict__, "leaked_records": leaked, "timings": clock.timings})
+    return replace(result, leaked_records=leaked, timings=clock.timings)
 
 
 def _window_checks(
