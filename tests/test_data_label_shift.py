@@ -10,12 +10,12 @@ import pytest
 
 from aisec.core.errors import BadInputError
 from aisec.defend.data_validation.label_shift import (
-    class_counts,
     detectable_change_rate,
     label_drift,
     model_on_current,
     wilson_interval,
 )
+from aisec.defend.data_validation.reference_sketch import category_counts
 
 PROBS = [0.5, 0.3, 0.2]
 REFERENCE = {"A": 2500, "B": 1500, "C": 1000}
@@ -28,7 +28,7 @@ def test_label_drift_finds_a_moved_tenth_of_a_class_and_not_sampling_noise():
     quiet = moved_found = 0
     for seed in range(50):
         rng = np.random.default_rng(seed)
-        reference = class_counts(rng.choice(3, size=5000, p=PROBS))
+        reference = category_counts(rng.choice(3, size=5000, p=PROBS))
         current = rng.choice(3, size=5000, p=PROBS)
         quiet += not label_drift(reference, current).drifted
         members = np.flatnonzero(current == 0)

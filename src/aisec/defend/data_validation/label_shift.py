@@ -15,7 +15,6 @@ Labels are counted by their `str`, so int64 and str labels give the same diction
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from aisec.core.errors import BadInputError
+from aisec.defend.data_validation.reference_sketch import category_counts
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -67,7 +67,7 @@ def label_drift(
     reference = {str(label): int(count) for label, count in reference_counts.items()}
     if any(count < 0 for count in reference.values()) or sum(reference.values()) == 0:
         raise BadInputError("label drift: the reference class counts must be non-negative and not all zero")
-    current = class_counts(current_labels)
+    current = category_counts(current_labels)
     if not current:
         raise BadInputError("label drift: the current data has no labels")
     statistic, p_value, js, new, removed = _compare(
@@ -84,11 +84,6 @@ def label_drift(
         alpha=alpha,
         drifted=_is_drifted(p_value, js, new, removed, alpha, min_js),
     )
-
-
-def class_counts(labels: np.ndarray) -> dict[str, int]:
-    """Count of each label by its `str`, in label order."""
-    return dict(sorted(Counter(label_strings(labels).tolist()).items()))
 
 
 def label_strings(labels: np.ndarray) -> np.ndarray:
@@ -229,7 +224,7 @@ def model_on_current(
     _check_labels("current", current_x, current_y)
     reference_predicted = _predicted(predict, reference_x, "reference")
     current_predicted = _predicted(predict, current_x, "current")
-    drift = label_drift(class_counts(reference_predicted), current_predicted, alpha=alpha)
+    drift = label_drift(category_counts(reference_predicted), current_predicted, alpha=alpha)
     reference_accuracy = None
     if reference_y is not None and len(reference_y) > 0:
         reference_accuracy = float(np.mean(label_strings(reference_predicted) == label_strings(reference_y)))
@@ -239,7 +234,7 @@ def model_on_current(
     hits = label_strings(current_predicted) == truth
     lower, upper = wilson_interval(int(hits.sum()), len(hits))
     per_class = []
-    for label in class_counts(current_y):
+    for label in category_counts(current_y):
         mask = truth == label
         correct, n = int(hits[mask].sum()), int(mask.sum())
         per_class.append(ClassAccuracy(label, n, correct, correct / n, *wilson_interval(correct, n)))

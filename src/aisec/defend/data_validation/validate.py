@@ -6,7 +6,7 @@ window of incoming data against a saved reference sketch, without the reference 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +25,7 @@ from aisec.defend.data_validation.image_summary import tabular_view
 from aisec.defend.data_validation.label_shift import (
     LabelDrift,
     ModelOnCurrent,
+    Predict,
     detectable_change_rate,
     label_drift,
     model_on_current,
@@ -39,10 +40,7 @@ from aisec.defend.data_validation.reference_sketch import (
 )
 from aisec.defend.data_validation.schema_check import SchemaCheck, check_schema
 from aisec.defend.data_validation.snapshot_diff import SnapshotDiff, diff_snapshots
-from aisec.defend.data_validation.source_dependence import SourceDependence, source_dependence
-
-Predict = Callable[[np.ndarray], np.ndarray]
-Fit = Callable[[np.ndarray, np.ndarray, int], Predict]
+from aisec.defend.data_validation.source_dependence import Fit, SourceDependence, source_dependence
 
 
 @dataclass(frozen=True)
