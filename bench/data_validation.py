@@ -25,6 +25,7 @@ Run the statistical parts on one thread, the speed part on the machine's default
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/data_validation.py \\
         {false-alarms [--splits 200] | power [--seeds 20] | labels}
     .venv/bin/python bench/data_validation.py speed [--rows 1000000] [--features 200] [--repeats 3]
+    OMP_NUM_THREADS=1 .venv/bin/python bench/data_validation.py sketch   (the monitoring sketch: time, size)
 Evidently comes with `make bench` (the `bench` extra). Results are recorded in docs/benchmarks.md ("Data
 validation: drift").
 """
@@ -52,7 +53,7 @@ from aisec.defend.data_validation.records import Records, records_from_arrays
 from aisec.defend.data_validation.reference_sketch import build_sketch
 from aisec.defend.data_validation.validate import ValidationConfig, validate
 
-PARTS = ("false-alarms", "power", "labels", "speed")
+PARTS = ("false-alarms", "power", "labels", "speed", "sketch")
 SHIFTED = 3  # power: shifted features among 300
 SHIFT = 0.1  # power: mean shift in reference standard deviations
 CLASSES = 10  # labels
@@ -314,6 +315,39 @@ def speed(rows: int, features: int, repeats: int, evidently_repeats: int) -> Non
     print("aisec validate stages (s, last run): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
 
 
+def sketch_size(rows: int, features: int, repeats: int) -> None:
+    """What monitoring keeps instead of the reference: the time to digest and sketch it, and the sketch file's
+    size beside the reference's own bytes (which Evidently re-reads for every window)."""
+    import tempfile
+
+    from aisec.defend.data_validation.record_digests import row_digests
+    from aisec.defend.data_validation.reference_sketch import load_sketch, save_sketch
+
+    reference = records_from_arrays(np.random.default_rng(0).standard_normal((rows, features)))
+    digests, builds, loads = [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "reference.sketch")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            row_digests(reference)
+            digests.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            sketch = build_sketch(reference, generator=np.random.default_rng(0))
+            builds.append(time.perf_counter() - start)
+            save_sketch(sketch, path)
+            start = time.perf_counter()
+            load_sketch(path)
+            loads.append(time.perf_counter() - start)
+        size = os.path.getsize(path)
+    data = rows * features * 8
+    print(f"{rows:,} rows x {features} features; median of {repeats}")
+    print(f"row_digests {statistics.median(digests):.2f} s; build_sketch {statistics.median(builds):.2f} s; "
+          f"load_sketch {statistics.median(loads):.2f} s")  # fmt: skip
+    print(
+        f"sketch file {size / 2**20:.1f} MiB, reference data {data / 2**20:.0f} MiB: {data / size:.0f}x smaller"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("part", nargs="?", choices=("all", *PARTS), default="all")
@@ -330,6 +364,7 @@ def main() -> None:
         "power": lambda: power(args.seeds),
         "labels": labels,
         "speed": lambda: speed(args.rows, args.features, args.repeats, args.evidently_repeats),
+        "sketch": lambda: sketch_size(args.rows, args.features, args.repeats),
     }
     for part in PARTS if args.part == "all" else (args.part,):
         print(f"== {part} (Evidently {import_evidently().__version__})")

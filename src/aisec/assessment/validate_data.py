@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from aisec.assessment.finding import Assessment, Provenance, SubjectInfo
+from aisec.assessment.finding import Assessment, Finding, Provenance, SubjectInfo
 from aisec.assessment.plan import DataFileSection, DataValidationPolicy, DataValidationProbeSection
 from aisec.assessment.probes.data_validation_findings import validation_findings, with_monitoring_history
 from aisec.core.hashing import file_sha256
@@ -108,27 +108,53 @@ def validate_data_files(
         policy or DataValidationPolicy(),
         validation_provenance(result, reference, current, config, model_sha256),
     )
-    schema = current.schema()
     classes = (
         set()
         if result.labels is None
         else set(result.labels.reference_counts) | set(result.labels.current_counts)
     )
-    assessment = Assessment(
-        name=f"validation of {section.current.path.name} against {section.reference.path.name}",
+    assessment = _assessment(
+        f"validation of {section.current.path.name} against {section.reference.path.name}",
+        started.isoformat(timespec="seconds"),
+        time.perf_counter() - clock,
+        current,
+        findings,
+        num_classes=len(classes),
+        model_source=model_source,
+        model_sha256=model_sha256,
+    )
+    return assessment, result
+
+
+def _assessment(
+    name: str,
+    started_at: str,
+    seconds: float,
+    current: Records,
+    findings: list[Finding],
+    *,
+    num_classes: int,
+    model_source: str | None = None,
+    model_sha256: str | None = None,
+) -> Assessment:
+    """The assessment of a validation of `current`: the data as the subject (and the model, when one was
+    checked on it), its findings."""
+    schema = current.schema()
+    return Assessment(
+        name=name,
         tool_version=__version__,
-        started_at=started.isoformat(timespec="seconds"),
-        duration_s=round(time.perf_counter() - clock, 3),
+        started_at=started_at,
+        duration_s=round(seconds, 3),
         subject=SubjectInfo(
             target_kind="data" if model_source is None else "data and model",
             access="none",
             input_shape=tuple(schema["array"]["record_shape"])
             if schema["array"]
             else (len(current.columns),),
-            num_classes=len(classes),
+            num_classes=num_classes,
             model_source=model_source,
             model_sha256=model_sha256,
-            data_name=str(section.current.path),
+            data_name=current.path,
             data_samples=len(current),
             data_sha256=findings[0].provenance.data_sha256,
             input_spec_source="data file",
@@ -136,7 +162,6 @@ def validate_data_files(
         threat_model={},
         findings=tuple(findings),
     )
-    return assessment, result
 
 
 def validation_summary(assessment: Assessment, result: ValidationResult) -> dict[str, Any]:
@@ -202,25 +227,13 @@ def monitor_window(
         "passed": not any(f.breaks_policy for f in findings),
     }
     findings = with_monitoring_history(findings, [*history, entry])
-    assessment = Assessment(
-        name=f"monitoring window {window.path.name} against {Path(sketch.source).name}",
-        tool_version=__version__,
-        started_at=started,
-        duration_s=round(time.perf_counter() - clock, 3),
-        subject=SubjectInfo(
-            target_kind="data",
-            access="none",
-            input_shape=(len(current.columns),) if current.array is None else tuple(current.array.shape[1:]),
-            num_classes=0 if sketch.labels is None else len(sketch.labels),
-            model_source=None,
-            model_sha256=None,
-            data_name=str(window.path),
-            data_samples=len(current),
-            data_sha256=provenance.data_sha256,
-            input_spec_source="data file",
-        ),
-        threat_model={},
-        findings=tuple(findings),
+    assessment = _assessment(
+        f"monitoring window {window.path.name} against {Path(sketch.source).name}",
+        started,
+        time.perf_counter() - clock,
+        current,
+        findings,
+        num_classes=0 if sketch.labels is None else len(sketch.labels),
     )
     return assessment, result, entry
 

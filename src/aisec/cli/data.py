@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from aisec.cli.support import console, guarded, plain
+from aisec.cli.validate import UnlabelledOption
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
 
 data_app = typer.Typer(
@@ -134,7 +135,7 @@ def reference(
         "reference.sketch"
     ),
     label: _LABEL = "label",
-    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="The file has no label column.")] = False,
+    unlabelled: UnlabelledOption = False,
     key: _KEY = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample the sketch keeps.")] = 0,
 ) -> None:
@@ -170,7 +171,7 @@ def monitor(
         typer.Option("--history", help="JSON-lines file of earlier windows; this window is appended."),
     ] = None,
     label: _LABEL = "label",
-    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="The window has no label column.")] = False,
+    unlabelled: UnlabelledOption = False,
     key: _KEY = None,
     policy_file: Annotated[
         Path | None, typer.Option("--policy", help="YAML of thresholds (docs/data-validation.md).")
@@ -183,24 +184,18 @@ def monitor(
 
     def run() -> int:
         from aisec.assessment.plan import DataFileSection
-        from aisec.assessment.validate_data import monitor_window, validation_summary
-        from aisec.cli.assessment_output import summarise
-        from aisec.cli.validate import VALIDATION_JSON, read_policy
+        from aisec.assessment.validate_data import monitor_window
+        from aisec.cli.validate import REPORT_FORMATS, read_policy, write_validation
         from aisec.core.atomic import write_atomic
-        from aisec.report.writer import write_reports
 
         policy = read_policy(policy_file)
         earlier = _read_history(history)
         section = DataFileSection(path=window, label=None if unlabelled else label, key=key)
         assessment, result, entry = monitor_window(sketch, section, history=earlier, policy=policy, seed=seed)
-        summary = json.dumps(validation_summary(assessment, result), indent=2, allow_nan=False) + "\n"
-        paths = write_reports(
-            assessment, output, ("json", "html", "sarif", "junit"), extra={VALIDATION_JSON: summary.encode()}
-        )
+        write_validation(assessment, result, output, REPORT_FORMATS)
         if history is not None:
             lines = [json.dumps(e, sort_keys=True, allow_nan=False) for e in (*earlier, entry)]
             write_atomic(history, "\n".join(lines) + "\n")
-        summarise(assessment, paths)
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 
     guarded(run)

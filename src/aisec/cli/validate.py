@@ -20,12 +20,14 @@ from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 
 if TYPE_CHECKING:
+    from aisec.assessment.finding import Assessment
     from aisec.assessment.plan import DataValidationPolicy, DataValidationProbeSection
     from aisec.defend.data_validation.records import Records
-    from aisec.defend.data_validation.validate import Predict
+    from aisec.defend.data_validation.validate import Predict, ValidationResult
 
 VALIDATION_JSON = "validation.json"
-_REPORT_FORMATS = "json,html,sarif,junit"
+REPORT_FORMATS = ("json", "html", "sarif", "junit")
+UnlabelledOption = Annotated[bool, typer.Option("--unlabelled", help="The data has no label column.")]
 
 
 def validate(
@@ -39,7 +41,7 @@ def validate(
     label: Annotated[
         str, typer.Option("--label", help="The label column of CSV and Parquet files (an .npz holds y).")
     ] = "label",
-    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="The files have no label column.")] = False,
+    unlabelled: UnlabelledOption = False,
     source_column: Annotated[
         str | None,
         typer.Option("--source-column", help="The column naming each reference record's source."),
@@ -68,7 +70,7 @@ def validate(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the reports.")] = Path("out"),
     format: Annotated[
         str, typer.Option("--format", "-f", help="Comma-separated: json,html,sarif,junit.")
-    ] = _REPORT_FORMATS,
+    ] = ",".join(REPORT_FORMATS),
     audit_log: AuditLogOption = None,
     audit_key: AuditKeyOption = None,
 ) -> None:
@@ -78,9 +80,8 @@ def validate(
 
     def run() -> int:
         from aisec.assessment.plan import DataFileSection
-        from aisec.assessment.validate_data import model_predict, validate_data_files, validation_summary
+        from aisec.assessment.validate_data import model_predict, validate_data_files
         from aisec.cli.audit_trail import AuditTrail
-        from aisec.report.writer import write_reports
 
         formats = report_formats(format)
         if "card" in formats:
@@ -116,9 +117,7 @@ def validate(
             load_model=load_model,
             model_source=None if model is None else str(model),
         )
-        summary = validation_summary(assessment, result)
-        document = json.dumps(summary, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        paths = write_reports(assessment, output, formats, extra={VALIDATION_JSON: document.encode()})
+        paths = write_validation(assessment, result, output, formats)
         arguments = {
             "reference": reference, "current": current, "key": key, "label": column, "source_column": source_column,
             "model": model, "factory": factory, "kind": kind, "trusted": trusted,
@@ -126,11 +125,25 @@ def validate(
             "format": formats,
         }  # fmt: skip
         record_assessment(trail, "validate", arguments, assessment, paths, (output / VALIDATION_JSON,))
-        summarise(assessment, paths)
-        console.print(f"  {'json':6} {plain(output / VALIDATION_JSON)} (the verdict and what changed)")
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 
     guarded(run)
+
+
+def write_validation(
+    assessment: Assessment, result: ValidationResult, output: Path, formats: tuple[str, ...]
+) -> dict[str, Path]:
+    """The reports and validation.json into `output`, all or none, then the summary table."""
+    from aisec.assessment.validate_data import validation_summary
+    from aisec.report.writer import write_reports
+
+    summary = json.dumps(
+        validation_summary(assessment, result), indent=2, ensure_ascii=False, allow_nan=False
+    )
+    paths = write_reports(assessment, output, formats, extra={VALIDATION_JSON: (summary + "\n").encode()})
+    summarise(assessment, paths)
+    console.print(f"  {'json':6} {plain(output / VALIDATION_JSON)} (the verdict and what changed)")
+    return paths
 
 
 def read_policy(path: Path | None) -> DataValidationPolicy:

@@ -524,34 +524,17 @@ def duplicates_finding(
     rows = result.schema.current_rows
     if duplicates is not None:
         share = duplicates.leaked_share
+        counts = (
+            ("exact_between", "Exact copies of reference records"),
+            ("near_between", "Near copies of reference records"),
+            ("within_reference", "Duplicates within the reference"),
+            ("within_current", "Duplicates within the current data"),
+            ("conflicting_labels", "Copies with another label"),
+        )
         metrics = [
-            Metric(id="leaked_share", name="Current records that repeat a reference record", value=share),
-            Metric(
-                id="exact_between",
-                name="Exact copies of reference records",
-                value=float(duplicates.exact_between),
-            ),
-            Metric(
-                id="near_between",
-                name="Near copies of reference records",
-                value=float(duplicates.near_between),
-            ),
-            Metric(
-                id="within_reference",
-                name="Duplicates within the reference",
-                value=float(duplicates.within_reference),
-            ),
-            Metric(
-                id="within_current",
-                name="Duplicates within the current data",
-                value=float(duplicates.within_current),
-            ),
-            Metric(
-                id="conflicting_labels",
-                name="Copies with another label",
-                value=float(duplicates.conflicting_labels),
-            ),
+            Metric(id="leaked_share", name="Current records that repeat a reference record", value=share)
         ]
+        metrics += [Metric(id=key, name=name, value=float(getattr(duplicates, key))) for key, name in counts]
         tables: tuple[Table, ...] = (
             (
                 Table(

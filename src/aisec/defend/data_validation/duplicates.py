@@ -117,6 +117,7 @@ def find_duplicates(
     near_tolerance: float = 1e-3,
     max_near_checks: int = 100_000,
     generator: np.random.Generator,
+    reference_digests: np.ndarray | None = None,
 ) -> DuplicateReport:
     """Count exact duplicates within each data set and between them, and current records that are near
     duplicates of a reference record: every numeric feature within `near_tolerance` reference standard
@@ -130,7 +131,8 @@ def find_duplicates(
     two, the one admitting fewer pairs of the subsample is used (all features when d <= 16). A k-d tree
     (Bentley, 1975) over the reference gives each checked current record its nearest 32 candidates within the
     radius, verified on all features; `near_capped` counts records where the cap could hide a near duplicate.
-    Of more than `max_near_checks` current records, a seeded subsample is checked. When both data sets have
+    Of more than `max_near_checks` current records, a seeded subsample is checked. `reference_digests`, the
+    reference's `row_digests` when the caller has them (a sketch keeps them), saves computing them again. When both data sets have
     keys, a current record whose key the reference holds is the same record in a later snapshot (the snapshot
     comparison reports its changes), not a copy: only records under new keys count between the sets."""
     if not (near_tolerance >= 0 and math.isfinite(near_tolerance)):
@@ -138,9 +140,12 @@ def find_duplicates(
     if max_near_checks < 0:
         raise BadInputError(f"max_near_checks must be >= 0, got {max_near_checks}")
     _check_schemas(reference, current)
-    reference, current = _comparable_images(reference, current)
+    comparable, current = _comparable_images(reference, current)
+    if reference_digests is None or comparable is not reference:
+        reference_digests = row_digests(comparable)
+    reference = comparable
     ref, cur = _features(reference, current)
-    ref_digests, cur_digests = row_digests(reference), row_digests(current)
+    ref_digests, cur_digests = reference_digests, row_digests(current)
     within_reference = _count_repeats(ref, ref_digests)
     within_current = _count_repeats(cur, cur_digests)
     exact = _first_equal(ref, ref_digests, cur, cur_digests)

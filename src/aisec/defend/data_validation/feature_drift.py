@@ -6,6 +6,7 @@ reaches a floor, so that very large samples do not flag every feature for a shif
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -271,18 +272,30 @@ def _categorical_statistics(reference: CategoricalSketch, column: Column) -> _St
     new = tuple(sorted(set(current) - set(reference.counts)))
     if n_c == 0 or reference.n == 0:
         return _Statistics(math.nan, math.nan, n_c, new_categories=new)
+    chi2, degrees, effect = compare_counts(reference.counts, current)
+    return _Statistics(chi2, effect, n_c, degrees=degrees, new_categories=new)
+
+
+def compare_counts(reference: Mapping[str, float], current: Mapping[str, float]) -> tuple[float, int, float]:
+    """Pearson's chi-squared statistic and its degrees of freedom for the 2 x categories table of two count
+    dictionaries (counts may be fractional: expected counts), categories expected fewer than 5 times pooled
+    into one (Cochran 1954), and the Jensen-Shannon distance (base 2; Lin 1991) of the two shares. Degrees 0:
+    nothing to test (one category). Shared by categorical features and the labels' distribution."""
     from scipy.spatial.distance import jensenshannon
 
-    names = sorted(set(reference.counts) | set(current))
-    table = np.array([[reference.counts.get(k, 0) for k in names], [current.get(k, 0) for k in names]], float)
-    effect = float(jensenshannon(table[0] / reference.n, table[1] / n_c, base=2))
+    names = sorted(set(reference) | set(current))
+    table = np.array([[reference.get(k, 0.0) for k in names], [current.get(k, 0.0) for k in names]], float)
+    table = table[:, table.sum(axis=0) > 0]
+    effect = float(jensenshannon(table[0] / table[0].sum(), table[1] / table[1].sum(), base=2))
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
     sparse = expected.min(axis=0) < _MIN_EXPECTED
     if sparse.any():
         table = np.column_stack([table[:, ~sparse], table[:, sparse].sum(axis=1)])
         expected = np.column_stack([expected[:, ~sparse], expected[:, sparse].sum(axis=1)])
+    if table.shape[1] < 2:
+        return 0.0, 0, 0.0 if math.isnan(effect) else effect
     chi2 = float(np.sum((table - expected) ** 2 / expected))
-    return _Statistics(chi2, effect, n_c, degrees=table.shape[1] - 1, new_categories=new)
+    return chi2, table.shape[1] - 1, 0.0 if math.isnan(effect) else effect
 
 
 def _result(

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from aisec.core.errors import BadInputError
+from aisec.defend.data_validation.feature_drift import compare_counts
 from aisec.defend.data_validation.reference_sketch import category_counts
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -260,29 +261,16 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 def _compare(
     reference: dict[str, float], current: dict[str, float]
 ) -> tuple[float, float, float, tuple[str, ...], tuple[str, ...]]:
-    """Chi-squared statistic and p-value, Jensen-Shannon distance, new and removed classes of two count
-    dictionaries (counts may be fractional: expected counts)."""
-    from scipy.spatial.distance import jensenshannon
-    from scipy.stats import chi2_contingency
+    """Chi-squared statistic and p-value, Jensen-Shannon distance (`feature_drift.compare_counts`), new and
+    removed classes of two count dictionaries (counts may be fractional: expected counts)."""
+    from scipy.stats import chi2
 
     labels = sorted(set(reference) | set(current))
-    table = np.array(
-        [[reference.get(label, 0.0) for label in labels], [current.get(label, 0.0) for label in labels]]
-    )
-    new = tuple(
-        label for label, before, after in zip(labels, *table, strict=True) if before == 0 and after > 0
-    )
-    removed = tuple(
-        label for label, before, after in zip(labels, *table, strict=True) if before > 0 and after == 0
-    )
-    occupied = table[:, table.sum(axis=0) > 0]
-    if occupied.shape[1] < 2:
-        statistic, p_value = 0.0, 1.0
-    else:
-        result = chi2_contingency(occupied, correction=False)
-        statistic, p_value = float(result[0]), float(result[1])
-    js = float(jensenshannon(table[0] / table[0].sum(), table[1] / table[1].sum(), base=2))
-    return statistic, p_value, 0.0 if math.isnan(js) else js, new, removed
+    new = tuple(k for k in labels if reference.get(k, 0.0) == 0 and current.get(k, 0.0) > 0)
+    removed = tuple(k for k in labels if reference.get(k, 0.0) > 0 and current.get(k, 0.0) == 0)
+    statistic, degrees, js = compare_counts(reference, current)
+    p_value = float(chi2.sf(statistic, degrees)) if degrees > 0 else 1.0
+    return statistic, p_value, js, new, removed
 
 
 def _is_drifted(

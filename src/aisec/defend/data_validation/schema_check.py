@@ -148,11 +148,11 @@ def require_same_schema(sketch: ReferenceSketch, current: Records) -> None:
             )
 
 
-def check_schema(sketch: ReferenceSketch, current: Records) -> SchemaCheck:
-    """Each column of `current` (images: their summary columns, `image_summary.tabular_view`) against the
-    reference sketch, after `require_same_schema`."""
+def check_schema(sketch: ReferenceSketch, current: Records, *, view: Records | None = None) -> SchemaCheck:
+    """Each column of `current` (images: their summary columns, `image_summary.tabular_view`, which the
+    caller may pass as `view`) against the reference sketch, after `require_same_schema`."""
     require_same_schema(sketch, current)
-    view = tabular_view(current)
+    view = tabular_view(current) if view is None else view
     values = {c.name: c.values for c in view.columns}
     rows = len(view)
     checks = [_numeric_check(s, values[s.name], rows) for s in sketch.numeric]

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,8 @@ def validate(
         sketch = build_sketch(
             reference, bins=config.bins, sample_rows=config.sample_rows, generator=generator
         )
-    window = _window_checks(sketch, current, config, generator, predict, clock, reference=reference)
+    inputs = _ModelInputs(current, reference)
+    window = _window_checks(sketch, current, config, generator, predict, clock, inputs)
     snapshot = None
     detectable = None
     if _comparable_records(reference, current):
@@ -167,12 +169,16 @@ def validate(
     if config.duplicates:
         with clock.stage("duplicates"):
             duplicates = find_duplicates(
-                reference, current, near_tolerance=config.near_tolerance, generator=generator
+                reference,
+                current,
+                near_tolerance=config.near_tolerance,
+                generator=generator,
+                reference_digests=sketch.digests,
             )
     sources = None
     if reference.sources is not None:
         with clock.stage("sources"):
-            sources = _source_dependence(reference, current, config, predict, fit)
+            sources = _source_dependence(reference, current, config, predict, fit, inputs)
     return ValidationResult(
         reference=reference.path,
         current=current.path,
@@ -202,7 +208,7 @@ def validate_window(
     drift, labels, the model's predictions (tabular data) and records equal to a reference record."""
     generator = np.random.default_rng(config.seed)
     clock = _Stopwatch()
-    result = _window_checks(sketch, current, config, generator, predict, clock, reference=None)
+    result = _window_checks(sketch, current, config, generator, predict, clock, _ModelInputs(current))
     with clock.stage("leakage"):
         leaked = count_in_digests(sketch.digests, current)
     return replace(result, leaked_records=leaked, timings=clock.timings)
@@ -215,19 +221,19 @@ def _window_checks(
     generator: np.random.Generator,
     predict: Predict | None,
     clock: _Stopwatch,
-    *,
-    reference: Records | None,
+    inputs: _ModelInputs,
 ) -> ValidationResult:
     with clock.stage("schema"):
-        schema = check_schema(sketch, current)
+        view = tabular_view(current)  # images summarised once for every check below
+        schema = check_schema(sketch, current, view=view)
     with clock.stage("feature_drift"):
-        features = feature_drift(sketch, current, config.drift)
+        features = feature_drift(sketch, view, config.drift)
     multivariate = None
     if config.multivariate and sketch.numeric:
         with clock.stage("multivariate_drift"):
             multivariate = multivariate_drift(
                 sketch.sample,
-                _numeric_sample(sketch, current, config.sample_rows, generator),
+                _numeric_sample(sketch, view, config.sample_rows, generator),
                 generator=generator,
                 alpha=config.multivariate_alpha,
             )
@@ -238,7 +244,7 @@ def _window_checks(
     model = None
     if predict is not None:
         with clock.stage("model"):
-            model = _model_figures(sketch, current, predict, config, reference)
+            model = _model_figures(sketch, predict, config, inputs)
     return ValidationResult(
         reference=sketch.source,
         current=current.path,
@@ -260,10 +266,10 @@ def _window_checks(
 
 
 def _numeric_sample(
-    sketch: ReferenceSketch, current: Records, rows: int, generator: np.random.Generator
+    sketch: ReferenceSketch, view: Records, rows: int, generator: np.random.Generator
 ) -> np.ndarray:
-    """At most `rows` current records (seeded, without replacement), numeric columns in the sketch's order."""
-    view = tabular_view(current)
+    """At most `rows` records of `view` (the current data as columns; seeded, without replacement), numeric
+    columns in the sketch's order."""
     by_name = {c.name: c.values for c in view.columns}
     chosen = np.sort(generator.choice(len(view), size=min(rows, len(view)), replace=False))
     return np.stack([by_name[s.name][chosen] for s in sketch.numeric], axis=1)
@@ -282,17 +288,32 @@ def model_inputs(records: Records) -> np.ndarray:
     return np.stack([c.values for c in records.columns], axis=1).astype(np.float32)
 
 
+@dataclass
+class _ModelInputs:
+    """What a model reads of the current data and the reference (when there is one), converted once however
+    many checks use it."""
+
+    current: Records
+    reference: Records | None = None
+
+    @cached_property
+    def current_x(self) -> np.ndarray:
+        return model_inputs(self.current)
+
+    @cached_property
+    def reference_x(self) -> np.ndarray:
+        assert self.reference is not None
+        return model_inputs(self.reference)
+
+
 def _model_figures(
-    sketch: ReferenceSketch,
-    current: Records,
-    predict: Predict,
-    config: ValidationConfig,
-    reference: Records | None,
+    sketch: ReferenceSketch, predict: Predict, config: ValidationConfig, inputs: _ModelInputs
 ) -> ModelOnCurrent:
     """Predictions on the reference (whole, or the sketch's sample for tabular windows) against predictions
     on the current data, and accuracy per class where the current data is labelled."""
-    if reference is not None:
-        reference_x, reference_y = model_inputs(reference), reference.labels
+    current = inputs.current
+    if inputs.reference is not None:
+        reference_x, reference_y = inputs.reference_x, inputs.reference.labels
     elif sketch.schema["array"] is None:
         order = [c["name"] for c in sketch.schema["columns"]]
         by_name = {s.name: k for k, s in enumerate(sketch.numeric)}
@@ -306,7 +327,7 @@ def _model_figures(
     return model_on_current(
         predict,
         reference_x,
-        model_inputs(current),
+        inputs.current_x,
         reference_y=reference_y,
         current_y=current.labels,
         alpha=config.label_alpha,
@@ -320,23 +341,30 @@ def _comparable_records(reference: Records, current: Records) -> bool:
 
 
 def _source_dependence(
-    reference: Records, current: Records, config: ValidationConfig, predict: Predict | None, fit: Fit | None
+    reference: Records,
+    current: Records,
+    config: ValidationConfig,
+    predict: Predict | None,
+    fit: Fit | None,
+    inputs: _ModelInputs,
 ) -> SourceDependence:
-    """The reference is the training data with sources; the current data, when labelled, is the test set."""
+    """The reference is the training data with sources; the current data, when labelled, is the test set.
+    With `fit`, the full model is retrained by the same recipe as the models that leave a source out (not the
+    given model, whose training may differ), so a change in accuracy is the source's doing."""
     assert reference.sources is not None
     modelled = reference.labels is not None and (predict is not None or fit is not None)
-    x = model_inputs(reference) if modelled else np.zeros((len(reference), 1), dtype=np.float32)
+    x = inputs.reference_x if modelled else np.zeros((len(reference), 1), dtype=np.float32)
     y = reference.labels if reference.labels is not None else np.zeros(len(reference), dtype=np.int64)
     labelled_test = modelled and current.labels is not None
     return source_dependence(
         x,
         y,
         reference.sources,
-        test_x=model_inputs(current) if labelled_test else None,
+        test_x=inputs.current_x if labelled_test else None,
         test_y=current.labels if labelled_test else None,
         test_sources=current.sources if labelled_test else None,
         fit=fit if modelled else None,
-        predict=predict if modelled else None,
+        predict=predict if modelled and fit is None else None,
         max_share=config.max_source_share,
         seed=config.seed,
     )
