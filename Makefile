@@ -73,13 +73,15 @@ test-all: $(STAMP) services
 	$(PYTEST) -m ""
 
 # What the tests use for real, from Debian's packages when missing and this is a Debian machine we may install
-# on: a PostgreSQL server (the audit log's team backend; the tests start and stop their own on a Unix socket) and
-# Chromium (the HTML report rendered and printed by a real browser). Without them those tests skip, saying how
+# on: a PostgreSQL server (the audit log's team backend; the tests start and stop their own on a Unix socket),
+# Chromium (the HTML report rendered and printed by a real browser) and redis-server (limits and monitor state the
+# guard's workers share; the tests start their own on a free loopback port). Without them those tests skip, saying how
 # to install them.
 services:
 	@missing=""; \
 	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
 			echo "installing Debian's$$missing for the tests"; \

@@ -219,3 +219,61 @@ def test_bad_data_validation_sections(tmp_path, section, expected):
     text = GOOD.replace("probes:\n", f"probes:\n  data_validation: {section}\n")
     with pytest.raises(PlanError, match=expected):
         load_plan(write(tmp_path, text))
+
+
+HTTP_TARGET = """\
+target:
+  kind: http
+  url: https://models.example/v1/predict
+  headers: {Authorization: "Bearer ${AISEC_GUARD_KEY}"}
+  input: {shape: [1, 8, 8], num_classes: 10}
+  response: {scores: outputs.probs}
+"""
+
+
+def http(text):
+    """`text` with its torch target replaced by a served one."""
+    start, end = text.index("target:\n"), text.index("data:\n")
+    return text[:start] + HTTP_TARGET + text[end:]
+
+
+def test_http_target_plan_loads_without_a_file(tmp_path):
+    plan, _ = load_plan(write(tmp_path, http(GOOD)))
+    target = plan.target
+    assert target.kind == "http" and target.url == "https://models.example/v1/predict"
+    assert target.headers == {"Authorization": "Bearer ${AISEC_GUARD_KEY}"}  # expanded when built, not loaded
+    assert (target.returns, target.request.field, target.response.scores, target.response.labels) == (
+        "scores",
+        "inputs",
+        "outputs.probs",
+        "labels",
+    )
+    assert (target.batch_size, target.timeout_s, target.retries) == (256, 10.0, 5)
+
+
+@pytest.mark.parametrize(
+    "base,old,new,expected",
+    [
+        (GOOD, "  evasion:", "  inspection: {}\n  evasion:", r"probes.inspection scans and loads"),
+        (PRIVACY, "", "", r"need a torch target with `factory`"),
+        (ROBUST, "", "", r"defences.adversarial_training needs a torch target"),
+        (GOOD, "  evasion:", "  poisoning: {}\n  evasion:", r"probes.poisoning retrains the model"),
+        (GOOD, "kind: http", "kind: grpc", r"plan.yaml:3: target.kind: unknown kind 'grpc'"),
+        (GOOD, "  kind: http\n", "", r"plan.yaml:2: target.kind: choose one of torch, .*, http"),
+        (GOOD, "outputs.probs", "outputs..probs", r"plan.yaml:7: target.response.scores"),
+        (GOOD, "https://models", "https://me:pw@models", r"target.url: the URL holds credentials"),
+        (GOOD, "  response:", "  factory: a.b:c\n  response:", r"plan.yaml:7: target.factory: Extra inputs"),
+    ],
+)
+def test_http_target_refused_where_a_file_or_factory_is_needed(tmp_path, base, old, new, expected):
+    text = http(base).replace(old, new)
+    if base is PRIVACY:
+        text = text.replace("  dp_training: {target_epsilon: 4}\n", "")
+    with pytest.raises(PlanError, match=expected):
+        load_plan(write(tmp_path, text))
+
+
+def test_extraction_strategies_include_perturbation(tmp_path):
+    text = GOOD.replace("  evasion:", "  extraction: {strategies: [natural, perturbation]}\n  evasion:")
+    plan, _ = load_plan(write(tmp_path, text))
+    assert plan.probes.extraction.strategies == ("natural", "perturbation")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -64,6 +65,52 @@ class TargetSection(_Section):
         return self
 
 
+_FIELD_PATH = r"^[^.]+(\.[^.]+)*$"  # a JSON field, or a dotted path into nested objects ("outputs.probs")
+
+
+class HttpRequestSection(_Section):
+    field: str = Field("inputs", pattern=_FIELD_PATH, description="the request's field holding the batch")
+
+
+class HttpResponseSection(_Section):
+    scores: str = Field("scores", pattern=_FIELD_PATH, description="the answer's field holding class scores")
+    labels: str = Field("labels", pattern=_FIELD_PATH, description="the answer's field holding labels")
+
+
+class HttpTargetSection(_Section):
+    """A model served over HTTP (aisec.targets.http_target): each batch is POSTed as JSON to `url`, class scores
+    or labels are read from the JSON answer. `headers` values may name environment variables as `${NAME}`,
+    expanded when the target is built: secrets never live in plans."""
+
+    kind: Literal["http"]
+    url: str = Field(description="the endpoint, http:// or https://")
+    headers: dict[str, str] = Field(default_factory=dict, description="request headers; `${NAME}` expanded")
+    input: InputSection
+    returns: Literal["scores", "labels"] = "scores"
+    score_kind: Literal["probabilities", "logits"] = "probabilities"
+    request: HttpRequestSection = HttpRequestSection()
+    response: HttpResponseSection = HttpResponseSection()
+    batch_size: int = Field(256, gt=0, description="samples per request")
+    timeout_s: float = Field(10.0, gt=0, description="seconds to wait for one answer")
+    retries: int = Field(5, ge=0, description="retries of a 429, a 503, a broken connection or a timeout")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"give an http:// or https:// URL with a host, not {url!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "the URL holds credentials: pass them in `headers` as `${NAME}`, never in the plan"
+            )
+        return url
+
+
+AnyTargetSection = Annotated[TargetSection | HttpTargetSection, Field(discriminator="kind")]
+TARGET_KINDS = (*get_args(TargetSection.model_fields["kind"].annotation), "http")
+
+
 class DataSection(_Section):
     builtin: Literal["digits", "breast_cancer"] | None = None
     split: Literal["train", "test"] = "test"
@@ -112,7 +159,7 @@ class ExtractionProbeSection(ProbeSection):
     equation solving (docs/privacy.md)."""
 
     query_budget: int = Field(2000, gt=0, description="queries the attacker may make in all")
-    strategies: tuple[Literal["natural", "synthetic", "active"], ...] = Field(
+    strategies: tuple[Literal["natural", "synthetic", "active", "perturbation"], ...] = Field(
         ("natural", "active"), min_length=1
     )
     transfer: bool = Field(
@@ -233,6 +280,13 @@ class InspectionProbeSection(ProbeSection):
         if self.signature is not None and self.public_key is None:
             raise ValueError("a signature is verified with `public_key`: give the publisher's key (PEM)")
         return self
+
+    def plan_needs(self, plan: Plan) -> None:
+        if plan.target.kind == "http":
+            raise ValueError(
+                "probes.inspection scans and loads the model file: an http target has none; inspect the file "
+                "behind the service (`aisec inspect`), or use the other probes"
+            )
 
 
 class DataFileSection(_Section):
@@ -505,7 +559,10 @@ class PolicySection(_Section):
 class Plan(_Section):
     name: str = "assessment"
     seed: int = 0
-    target: TargetSection
+    target: AnyTargetSection
+    # The same model without the service's controls (its file, or its bare endpoint): every probe then runs
+    # against both, and the report sets their headline figures side by side (AISEC-GRD-002).
+    baseline: AnyTargetSection | None = None
     data: DataSection
     threat_model: ThreatModel = ThreatModel()
     probes: ProbesSection
@@ -520,6 +577,16 @@ class Plan(_Section):
             raise ValueError(
                 f"policy.min_robust_accuracy names budgets {missing} that threat_model.budgets does not assess"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _baseline_compares_served_models(self) -> Plan:
+        if self.baseline is not None and getattr(self.probes, "inspection", None) is not None:
+            raise ValueError(
+                "`baseline` compares probes against two models; probes.inspection scans one file"
+            )
+        if self.baseline is not None and tuple(self.baseline.input.shape) != tuple(self.target.input.shape):
+            raise ValueError("baseline.input: the baseline must take the target's inputs (the same shape)")
         return self
 
     @model_validator(mode="after")
@@ -633,7 +700,8 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
     base = path.resolve().parent
     plan = plan.model_copy(
         update={
-            "target": plan.target.model_copy(update={"path": base / plan.target.path}),
+            "target": _located(plan.target, base),
+            "baseline": _located(plan.baseline, base) if plan.baseline is not None else None,
             "data": _resolved(plan.data, base),
             "training": plan.training.model_copy(update={"data": _resolved(plan.training.data, base)})
             if plan.training
@@ -659,10 +727,17 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
 
 
 def _first_error(error: ValidationError) -> tuple[tuple[Any, ...], str, str]:
-    """The first error's location, its dotted field name and its message, as plan errors print them."""
+    """The first error's location, its dotted field name and its message, as plan errors print them. In the
+    `target` union the location names the fields of the section `kind` chose (pydantic puts the kind in it)."""
     first = error.errors()[0]
-    loc = tuple(first["loc"])
-    return loc, ".".join(str(p) for p in loc) or "(plan)", first["msg"].removeprefix("Value error, ")
+    loc, message = tuple(first["loc"]), first["msg"].removeprefix("Value error, ")
+    if loc[:1] == ("target",) and first["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = (*loc, "kind")
+        given = f"unknown kind {first['ctx']['tag']!r}; " if first["type"] == "union_tag_invalid" else ""
+        message = f"{given}choose one of {', '.join(TARGET_KINDS)}"
+    elif loc[:1] == ("target",) and len(loc) > 1 and loc[1] in TARGET_KINDS:
+        loc = (loc[0], *loc[2:])
+    return loc, ".".join(str(p) for p in loc) or "(plan)", message
 
 
 class ObjectTargetSection(_Section):
@@ -721,6 +796,13 @@ def validate_plan(mapping: Mapping[str, Any]) -> ObjectPlan:
     except ValidationError as e:
         _, field, message = _first_error(e)
         raise PlanError(f"plan: {field}: {message}") from None
+
+
+def _located(section: TargetSection | HttpTargetSection, base: Path) -> TargetSection | HttpTargetSection:
+    """A target section with its model file taken from the plan's folder (a served model has none)."""
+    if isinstance(section, TargetSection):
+        return section.model_copy(update={"path": base / section.path})
+    return section
 
 
 def _resolved(section: DataSection, base: Path) -> DataSection:

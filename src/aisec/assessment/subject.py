@@ -7,19 +7,23 @@ and TorchScript archives can run code when loaded: TorchScript is refused unless
 and an untrusted scikit-learn file is loaded only if the supply-chain scanner calls it safe, through an
 unpickler that can import nothing outside the scanner's allow list. `load_model_object` and `detect_kind` serve
 `aisec inspect` too, which loads what users download: the kind told from the file's bytes, the input spec
-given or inferred from the model and data.
+given or inferred from the model and data. A served model (`kind: http`) is an HttpTarget: no file, no hash,
+its headers' `${NAME}` references read from the environment when it is built.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from aisec.core.errors import DataError, ModelLoadError
+from aisec.assessment.plan import DataSection, HttpTargetSection, TargetSection
+from aisec.core.errors import BadInputError, DataError, ModelLoadError
 from aisec.core.hashing import file_sha256
 from aisec.core.user_code import import_callable
 from aisec.data.builtin import load_builtin
@@ -27,11 +31,13 @@ from aisec.data.dataset import LabelledData, as_labelled
 from aisec.targets.base import InputSpec, Target
 
 if TYPE_CHECKING:
-    from aisec.assessment.plan import DataSection, TargetSection
+    from aisec.targets.http_target import HttpTarget
 
 
-def load_target(section: TargetSection) -> tuple[Target, str]:
-    """The target described by a plan, and the sha256 of its model file."""
+def load_target(section: TargetSection | HttpTargetSection) -> tuple[Target, str | None]:
+    """The target described by a plan, and the sha256 of its model file (None for a served model: no file)."""
+    if isinstance(section, HttpTargetSection):
+        return http_target(section), None
     path = Path(section.path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: model file not found")
@@ -44,7 +50,46 @@ def plan_target(section: TargetSection) -> Target:
     return target_of(section.kind, model, plan_spec(section), device=section.device)
 
 
-def plan_spec(section: TargetSection) -> InputSpec:
+def http_target(section: HttpTargetSection) -> HttpTarget:
+    """The HTTP target a plan describes, its headers' `${NAME}` references read from the environment."""
+    if importlib.util.find_spec("httpx") is None:
+        raise ModelLoadError(f"{section.url}: HTTP targets need httpx: pip install 'aisec[guard]'")
+    from aisec.targets.http_target import HttpTarget
+
+    return HttpTarget(
+        section.url,
+        plan_spec(section),
+        returns=section.returns,
+        score_kind=section.score_kind,
+        headers={name: _expanded(value, f"target.headers.{name}") for name, value in section.headers.items()},
+        input_field=section.request.field,
+        scores_field=section.response.scores,
+        labels_field=section.response.labels,
+        batch_size=section.batch_size,
+        timeout_s=section.timeout_s,
+        retries=section.retries,
+    )
+
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expanded(value: str, field: str) -> str:
+    """`value` with each `${NAME}` replaced by the environment variable NAME; BadInputError naming an unset one."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise BadInputError(
+                f"{field}: environment variable {name} is not set (a plan names secrets as ${{{name}}}; the "
+                "environment holds them)"
+            )
+        return os.environ[name]
+
+    return _ENV_REFERENCE.sub(lookup, value)
+
+
+def plan_spec(section: TargetSection | HttpTargetSection) -> InputSpec:
     """The input spec a plan's `target.input` gives."""
     given = section.input
     return InputSpec(tuple(given.shape), given.num_classes, given.lower, given.upper)
