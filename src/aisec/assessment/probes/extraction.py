@@ -1,14 +1,14 @@
 """The extraction probe: how good a copy of the model can an attacker steal through its API?
 
 The assessment data is cut in two: the attacker's natural data (the pool its natural and active queries are
-drawn from) and held-out data on which the copy is judged: agreement with the model (fidelity) and accuracy.
-Learning-based extraction runs each configured strategy within the query budget (aisec.attacks.extraction);
-a linear scikit-learn model is also extracted by equation solving (exact scores, rounded scores, or labels,
-whichever the API gives). The strongest copy is then used to craft PGD examples, and the share that fool the
-model (at the budget the evasion finding is judged at, for an L-inf threat model) measures what the stolen
-copy buys an evasion attacker. Each attack's query stream is replayed through
-the PRADA detector (aisec.defend.robustness.prada) to show whether a server-side monitor would have caught
-it, and the strongest strategy is re-run against each output-hardening variant of the plan.
+drawn from, and the seeds its perturbation queries grow from) and held-out data on which the copy is judged:
+agreement with the model (fidelity) and accuracy. Learning-based extraction runs each configured strategy
+within the query budget (aisec.attacks.extraction); a linear scikit-learn model is also extracted by equation
+solving (exact scores, rounded scores, or labels, whichever the API gives). The strongest copy is then used to
+craft PGD examples, and the share that fool the model (at the budget the evasion finding is judged at, for an
+L-inf threat model) measures what the stolen copy buys an evasion attacker. Each attack's query stream is
+replayed through the PRADA detector (aisec.defend.robustness.prada) to show whether a server-side monitor
+would have caught it, and the strongest strategy is re-run against each output-hardening variant of the plan.
 
 Severity follows the best agreement: at least 90 % high, at least 70 % medium, else low.
 """
@@ -60,9 +60,13 @@ class ExtractionProbe:
     def check(self, context: AssessmentContext) -> None:
         view, _ = api_view(context.target, context.threat_model.knowledge)
         budget = self.config.query_budget
-        if "active" in self.config.strategies and budget < LearningConfig().rounds:
+        rounds = LearningConfig().rounds
+        if "active" in self.config.strategies and budget < rounds:
             raise BadInputError(f"probes.extraction.query_budget: active extraction needs at least "
-                                f"{LearningConfig().rounds} queries (one per round), got {budget}")  # fmt: skip
+                                f"{rounds} queries (one per round), got {budget}")  # fmt: skip
+        if "perturbation" in self.config.strategies and budget < rounds + 1:
+            raise BadInputError(f"probes.extraction.query_budget: perturbation extraction needs at least "
+                                f"{rounds + 1} queries (seeds, then one per round), got {budget}")  # fmt: skip
         for api in (view, *hardened_views(view, context.defences)):  # a linear model is solved through each
             needed = _equation_solving_queries(context.target, api)
             if needed is not None and budget < needed:
@@ -139,9 +143,10 @@ def _learn(
     generator: torch.Generator,
 ) -> _Attempt:
     """Learning-based extraction; active queries come from the pool when it is large enough, else from
-    synthetic candidates."""
+    synthetic candidates; perturbation queries grow from seeds drawn from the pool."""
     log = QueryLog(target)
-    data = pool.x if strategy == "natural" or (strategy == "active" and len(pool) >= budget) else None
+    natural = strategy in ("natural", "perturbation") or (strategy == "active" and len(pool) >= budget)
+    data = pool.x if natural else None
     result = extract_surrogate(log, budget, LearningConfig(source=strategy), data=data, generator=generator)
     return _judged(target, log, result, held_out)
 
