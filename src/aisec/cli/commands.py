@@ -14,6 +14,7 @@ import typer
 
 from aisec.cli import audit as cli_audit
 from aisec.cli import data as cli_data
+from aisec.cli import guard as cli_guard
 from aisec.cli import inspect as cli_inspect
 from aisec.cli import supply_chain as cli_supply_chain
 from aisec.cli import validate as cli_validate
@@ -133,3 +134,4 @@ cli_inspect.register(app)
 cli_audit.register(app)
 cli_data.register(app)
 cli_validate.register(app)
+cli_guard.register(app)

@@ -11,18 +11,20 @@ from pathlib import Path
 from aisec.core.errors import BadInputError
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, *, mode: int | None = None) -> None:
     """Write `data` to `path` through a temporary file in the same folder and `os.replace`: readers see the
-    old file or the new one, never a part. A new file gets mode 0644, a replaced one keeps its mode."""
+    old file or the new one, never a part. The file gets `mode`; without it a new file gets 0644 and a replaced
+    one keeps its mode. The temporary file is private (0600) until it replaces the file."""
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
     if not path.parent.is_dir():
         raise BadInputError(f"no such folder: {path.parent}")
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o644
+    if mode is None:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            mode = 0o644
     try:
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:

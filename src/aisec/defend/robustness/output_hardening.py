@@ -49,15 +49,7 @@ class HardenedTarget(Target):
     def answer(self, probabilities: torch.Tensor) -> torch.Tensor:
         """What the API returns for the model's `probabilities` (n, classes): an attacker who knows the API
         applies the same to its own models' outputs (e.g. shadow models)."""
-        import torch
-
-        if self.top_k is not None and self.top_k < probabilities.shape[1]:
-            kept = probabilities.topk(self.top_k, dim=1).indices
-            mask = torch.zeros_like(probabilities, dtype=torch.bool).scatter_(1, kept, True)
-            probabilities = probabilities.where(mask, torch.zeros_like(probabilities))
-        if self.decimals is not None:
-            probabilities = probabilities.round(decimals=self.decimals)
-        return probabilities
+        return harden_probabilities(probabilities, top_k=self.top_k, decimals=self.decimals)
 
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner.labels(x)
@@ -71,6 +63,22 @@ class HardenedTarget(Target):
 
     def describe(self) -> str:
         return f"{self.inner.describe()} hardened ({self.variant})"
+
+
+def harden_probabilities(
+    probabilities: torch.Tensor, *, top_k: int | None = None, decimals: int | None = None
+) -> torch.Tensor:
+    """Probabilities (n, classes) as a hardened API answers them: only the `top_k` most probable classes keep
+    theirs (the others read 0), then rounded to `decimals`."""
+    import torch
+
+    if top_k is not None and top_k < probabilities.shape[1]:
+        kept = probabilities.topk(top_k, dim=1).indices
+        mask = torch.zeros_like(probabilities, dtype=torch.bool).scatter_(1, kept, True)
+        probabilities = probabilities.where(mask, torch.zeros_like(probabilities))
+    if decimals is not None:
+        probabilities = probabilities.round(decimals=decimals)
+    return probabilities
 
 
 def harden(target: Target, *, top_k: int | None = None, decimals: int | None = None,
