@@ -30,6 +30,13 @@ class Rule:
 _EVA, _EXT, _INF = AttackClass.EVASION, AttackClass.EXTRACTION, AttackClass.INFERENCE
 _POI, _BKD = AttackClass.POISONING, AttackClass.BACKDOOR
 
+# A served model's controls (rate limits, monitors, hardening: `aisec guard`) measured by the same probes.
+STOPPED_BY_SERVICE = Rule(
+    "AISEC-GRD-001", "A probe stopped by the service's controls", _EXT, ("queries_answered",)
+)
+SERVICE_EFFECT = Rule(
+    "AISEC-GRD-002", "The service's controls: the same probes against the bare and the served model", _EXT
+)
 ROBUSTNESS = Rule("AISEC-EVA-001", "Robust accuracy under evasion", _EVA, ("robust_accuracy@",))
 # The masking findings and the input-transformation finding carry tables and no metric, hence no headline.
 MASKING = Rule("AISEC-EVA-002", "Gradient masking suspected: robustness figures are unreliable", _EVA)
@@ -170,6 +177,8 @@ RULES: dict[str, Rule] = {
         LABEL_CHANGES,
         SOURCE_DEPENDENCE,
         DUPLICATES,
+        STOPPED_BY_SERVICE,
+        SERVICE_EFFECT,
     )
 }
 

@@ -14,14 +14,17 @@ from aisec.assessment.finding import Assessment, Finding, PolicyCheck, Provenanc
 from aisec.assessment.model_file import FileChecks, check_model_file
 from aisec.assessment.plan import (
     DefencesSection,
+    HttpTargetSection,
     InspectionProbeSection,
     ObjectTrainingSection,
     Plan,
     PolicySection,
     ProbesSection,
+    TargetSection,
     TrainingSection,
 )
 from aisec.assessment.probe import AssessmentContext, Probe, Training
+from aisec.assessment.service_controls import side_by_side, stopped_by_service
 from aisec.assessment.subject import load_data
 from aisec.assessment.threat_model import ThreatModel
 from aisec.core.progress import NullProgress, Progress
@@ -30,6 +33,10 @@ from aisec.core.user_code import import_callable
 from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData, check_labels
 from aisec.targets.base import InputSpec, Target
+
+# A served model's answers that mean its controls stopped an attack: blocked (403), limited (429), or answering
+# labels where it answered scores before (200: `ServiceRefused` from an HTTP target that expects scores).
+STOPPING_STATUSES = (200, 403, 429)
 
 
 def build_probes(probes: ProbesSection) -> list[Probe]:
@@ -78,9 +85,20 @@ def run_assessment(
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     findings = []
+    from aisec.targets.http_target import ServiceRefused  # imports httpx: only when a plan runs
+
     for probe in enabled:
         with context.progress.task(f"probe {probe.name}", total=1) as task:
-            findings.extend(probe.run(context))
+            try:
+                findings.extend(probe.run(context))
+            except ServiceRefused as refused:
+                if refused.status not in STOPPING_STATUSES:  # a wrong key or a service down: bad input
+                    raise
+                # the service's controls (a block, a limit, scores withdrawn) stopped the attack: a figure
+                settings = {"attack_class": probe.attack_class.value, "status": refused.status}
+                findings.append(
+                    stopped_by_service(probe.name, refused, context.provenance(len(data), settings))
+                )
             task.advance()
     findings = apply_fail_on(findings, context.policy.fail_on)
     return Assessment(
@@ -133,34 +151,35 @@ def run_plan(
 ) -> Assessment:
     """Load the plan's target and data (failing on bad input before any attack) and run its probes. With
     `probes.inspection`, the model file is scanned (and its signature verified) before it is loaded
-    (`behind_file_checks`)."""
-    from aisec.assessment.subject import load_target, plan_spec, plan_target
+    (`behind_file_checks`). A served model (`kind: http`) is queried through an HttpTarget, closed after."""
+    from aisec.assessment.subject import plan_spec, plan_target
 
     inspection = getattr(plan.probes, "inspection", None)
-    source = str(plan.target.path)
+    section = plan.target
     if inspection is None:
-        target, digest = load_target(plan.target)
-        data = load_data(plan.data, seed=plan.seed)
-        assessment = run_plan_on(
-            target, data, plan, model_source=source, model_sha256=digest, progress=progress
-        )
+        assessment = _run_on(section, plan, progress)
+        if plan.baseline is not None:  # the same probes against the model without the service's controls
+            bare = _run_on(plan.baseline, plan, progress)
+            comparison = side_by_side(bare, assessment, seed=plan.seed)
+            assessment = dataclasses.replace(assessment, findings=(*assessment.findings, comparison))
     else:
+        assert isinstance(section, TargetSection)  # the plan refuses inspection of a served model
         data = load_data(plan.data, seed=plan.seed)
         assessment = behind_file_checks(
-            plan.target.path,
+            section.path,
             data,
             inspection,
             plan.policy,
             seed=plan.seed,
             name=plan.name,
-            spec=plan_spec(plan.target),
+            spec=plan_spec(section),
             spec_source="plan",
             threat_model=plan.threat_model,
             assess=lambda checks: run_plan_on(
-                plan_target(plan.target),
+                plan_target(section),
                 data,
                 plan,
-                model_source=source,
+                model_source=str(section.path),
                 model_sha256=checks.sha256,
                 progress=progress,
             ),
@@ -168,6 +187,24 @@ def run_plan(
         )
     return dataclasses.replace(
         assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+    )
+
+
+def _run_on(section: TargetSection | HttpTargetSection, plan: Plan, progress: Progress | None) -> Assessment:
+    """The plan's probes against the model a target section names: a file loaded (the model first, so a bad
+    one fails before the data is read), or a served model queried through an HttpTarget, closed after."""
+    from aisec.assessment.subject import http_target, load_target
+
+    if isinstance(section, HttpTargetSection):
+        data = load_data(plan.data, seed=plan.seed)
+        with http_target(section) as served:
+            return run_plan_on(
+                served, data, plan, model_source=section.url, model_sha256=None, progress=progress
+            )
+    target, digest = load_target(section)
+    data = load_data(plan.data, seed=plan.seed)
+    return run_plan_on(
+        target, data, plan, model_source=str(section.path), model_sha256=digest, progress=progress
     )
 
 
@@ -248,7 +285,11 @@ def run_plan_on(
         threat_model=plan.threat_model,
         policy=plan.policy,
         seed=plan.seed,
-        training=training_from(plan.training, plan.target.factory, seed=plan.seed),
+        training=training_from(
+            plan.training,
+            None if isinstance(plan.target, HttpTargetSection) else plan.target.factory,
+            seed=plan.seed,
+        ),
         defences=plan.defences,
         name=plan.name,
         model_source=model_source,

@@ -157,6 +157,13 @@ _ASSESSMENT: dict[str, FrameworkRefs] = {
     "AISEC-EXT-001": FrameworkRefs(
         "attack", _EXT, ROBUSTNESS, ("operation",), (EXTRACT_MODEL, TRAIN_PROXY_BY_REPLICATION), (ML05,)
     ),
+    # A served model's own controls (rate limits, quotas, monitors, hardening), measured by querying probes.
+    "AISEC-GRD-001": FrameworkRefs(
+        "control", _EXT, ROBUSTNESS, ("deployment", "operation"), (EXTRACT_MODEL, EVADE_MODEL), (ML05, ML01)
+    ),
+    "AISEC-GRD-002": FrameworkRefs(
+        "control", _EXT, ROBUSTNESS, ("deployment", "operation"), (EXTRACT_MODEL, EVADE_MODEL), (ML05, ML01)
+    ),
     "AISEC-INV-001": FrameworkRefs("attack", _EXT, ROBUSTNESS, ("operation",), (INVERT_MODEL,), (ML03,)),
     "AISEC-MIA-001": FrameworkRefs("attack", _INF, ROBUSTNESS, ("operation",), (INFER_MEMBERSHIP,), (ML04,)),
     # DP-SGD acts in training, rounded, top-k and label-only outputs in operation.
