@@ -8,6 +8,8 @@ detection/            detectors of manipulated input (feature squeezing, Mahalan
 input_transforms      bit-depth reduction and median filtering in front of a model (and their BPDA variant)
 output_hardening      top-k, rounded and label-only answers of a served model
 prada                 a query monitor that catches extraction in one client's query stream (PRADA)
+stateful_detection    a query monitor that catches query-based evasion attacks (Chen, Carlini & Wagner)
+query_coverage        a query monitor of off-manifold queries and coverage of the data (after Kesarwani et al.)
 strip                 a run-time input filter that catches triggered inputs (STRIP)
 dp_training           private training (DP-SGD) that bounds what the model reveals about any one record
 
