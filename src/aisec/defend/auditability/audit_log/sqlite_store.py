@@ -229,13 +229,15 @@ class SqliteStore(Store):
             )
 
     def _kind(self) -> str:
-        """ "aisec" (our application id), "empty" (no schema at all) or "foreign" (anything else)."""
-        application_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        """ "aisec" (our application id), "empty" (no schema at all) or "foreign" (anything else). Both are read
+        in one statement, so one snapshot: read apart, a log another process created in between would look like
+        a foreign database (no id yet, tables already)."""
+        application_id, tables = self._db.execute(
+            "SELECT (SELECT application_id FROM pragma_application_id()), (SELECT count(*) FROM sqlite_master)"
+        ).fetchone()
         if application_id == APPLICATION_ID:
             return "aisec"
-        if application_id == 0 and self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-            return "empty"
-        return "foreign"
+        return "empty" if application_id == 0 and tables == 0 else "foreign"
 
     def meta(self) -> LogMeta | None:
         with self._errors:
