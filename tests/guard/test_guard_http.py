@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -143,3 +144,19 @@ def test_serve_command_answers_and_signs_its_log_when_stopped(tmp_path, digits_m
         server.wait(30)
     verification = verify_log(tmp_path / "audit.db", public_key=load_verifying_key(tmp_path / "audit.pub"))
     assert verification.ok and verification.entries == 1 and verification.unsigned_tail == 0
+
+
+def test_the_example_guards_a_model_and_stops_an_extraction():
+    """examples/guard_and_attack.py, as docs/guard.md tells users to run it."""
+    example = Path(__file__).parents[2] / "examples" / "guard_and_attack.py"
+    run = subprocess.run(
+        [sys.executable, str(example)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "the guard stopped the attacker" in run.stdout
+    answered = int(run.stdout.split(" after ")[1].split(" queries")[0])
+    assert answered < 2000

@@ -81,16 +81,26 @@ class CoverageSection(_Section):
 
 
 class MonitorSection(_Section):
-    """Per-client monitoring of the query stream. Each alarm raises the client's level one step along
-    log -> slow -> labels_only -> block, up to `action` (with `escalate: false`, straight to `action`)."""
+    """Per-client monitoring of the query stream. The first alarm takes the client to `first_action`; each
+    further alarm, and every `escalate_every` rows a flagged client goes on sending (None: alarms only), one step
+    further along log -> slow -> labels_only -> block, up to `action`. With `escalate: false` the first alarm
+    goes straight to `action`."""
 
     reference: Path | None = Field(None, description="an .npz with `x`: natural inputs to calibrate on")
     prada: PradaSection | None = None
     stateful: StatefulSection | None = None
     coverage: CoverageSection | None = None
+    first_action: Action = "slow"
     action: Action = "block"
     escalate: bool = True
+    escalate_every: int | None = Field(100, ge=1)
     slow_down_s: float = Field(1.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _ladder(self) -> MonitorSection:
+        if ACTIONS.index(self.first_action) > ACTIONS.index(self.action):
+            raise ValueError(f"first_action {self.first_action!r} comes after action {self.action!r} on the ladder")
+        return self
 
     @model_validator(mode="after")
     def _calibration_data(self) -> MonitorSection:

@@ -9,9 +9,11 @@ Each client (API key) gets its own detectors, fitted or calibrated once for all 
 * feature-space coverage (Kesarwani et al. 2018): the share of a client's queries that lie off the natural
   data's manifold; catches random and synthetic queries.
 
-Every alarm raises the client's level one step along log -> slow -> labels only -> block, up to the configured
-action (`escalate: false` goes there at once). A detector re-arms after it fires, so a client that goes on
-raises further alarms. With several workers the stream reaches every worker through Redis in one order
+The first alarm takes the client to the configured first action (slow, by default); every further alarm raises
+its level one step along log -> slow -> labels only -> block, up to the configured action (`escalate: false` goes
+there at once), and so does every `escalate_every` rows a flagged client goes on sending: a client that keeps querying after its stream was found anomalous is answered ever more sparingly. A
+detector re-arms after it fires, so a client that goes on raises further alarms. The level is a function of
+the client's stream alone (its alarms and rows), so every worker computes the same one. With several workers the stream reaches every worker through Redis in one order
 (`shared.py`), so each computes the same alarms and levels.
 """
 
@@ -116,6 +118,7 @@ class Monitors:
                 quantile=section.coverage.quantile,
                 generator=np.random.default_rng(seed),
             )
+        self.first_level = ACTIONS.index(section.first_action) + 1
         self.top_level = ACTIONS.index(section.action) + 1
 
     @property
@@ -135,10 +138,22 @@ class Monitors:
         for batch, answered in self.stream.exchange(client, rows, labels):
             alarms.extend(self._feed(state, batch, answered))
         level = self.stream.level(client)
-        if alarms:
-            wanted = len(state.alarms) if self.section.escalate else self.top_level
-            level = self.stream.raise_level(client, min(wanted, self.top_level))
+        wanted = self._wanted_level(state)
+        if wanted > level:
+            level = self.stream.raise_level(client, wanted)
         return alarms, (ACTIONS[level - 1] if level else None)
+
+    def _wanted_level(self, state: _Client) -> int:
+        """The level the client's alarms and the rows it sent since its first alarm call for."""
+        if not state.alarms:
+            return 0
+        if not self.section.escalate:
+            return self.top_level
+        steps = len(state.alarms) - 1
+        every = self.section.escalate_every
+        if every is not None:
+            steps += (state.rows - state.alarms[0].at_query) // every
+        return min(self.first_level + steps, self.top_level)
 
     def _new_client(self, client: str) -> _Client:
         state = _Client(self._prada(), self._stateful(), self._coverage_monitor())
