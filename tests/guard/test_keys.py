@@ -63,7 +63,7 @@ def test_the_file_holds_hashes_only_with_mode_0600(path: Path) -> None:
     revoke_key(path, "alice")
     add_key(path, "bob")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # kept through atomic rewrites
-    assert [p.name for p in path.parent.iterdir()] == ["keys.json"]  # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["keys.json", "keys.json.lock"]  # no temporary file left
 
 
 def test_names_and_revocation_are_checked(path: Path) -> None:
@@ -241,3 +241,20 @@ def test_a_valid_hand_written_file_loads(path: Path) -> None:
         ApiKey("alice", "0123456789ab", "default", ENTRY["created"], None),  # type: ignore[arg-type]
         ApiKey("alice", "ba9876543210", "default", ENTRY["created"], revoked["revoked"]),  # type: ignore[arg-type]
     ]
+
+
+def _add_named(path: str, name: str) -> str:
+    return add_key(path, name)
+
+
+def test_concurrent_key_commands_lose_no_key(tmp_path):
+    """`aisec guard key add` run by several processes at once: each read-change-write holds the file's lock."""
+    import multiprocessing
+
+    path = str(tmp_path / "keys.json")
+    names = [f"client{i}" for i in range(8)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        tokens = pool.starmap(_add_named, [(path, name) for name in names])
+    assert sorted(k.name for k in list_keys(path)) == sorted(names)
+    ring = KeyRing.load(path)
+    assert [ring.authenticate(f"Bearer {t}").name for t in tokens] == names

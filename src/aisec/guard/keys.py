@@ -15,6 +15,8 @@ revocation takes effect on a running service at its next request.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -23,6 +25,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +74,11 @@ def add_key(path: PathLike, name: str, *, tier: str = "default") -> str:
     path = Path(path)
     _check_name("name", name)
     _check_name("tier", tier)
+    with _editing(path):
+        return _add(path, name, tier)
+
+
+def _add(path: Path, name: str, tier: str) -> str:
     stored = _read(path, missing_ok=True)[0]
     if any(entry.key.name == name and entry.key.revoked is None for entry in stored):
         raise BadInputError(f"{path} already holds an active API key named {name!r}; revoke it first")
@@ -87,6 +95,11 @@ def add_key(path: PathLike, name: str, *, tier: str = "default") -> str:
 def revoke_key(path: PathLike, name: str) -> ApiKey:
     """Revoke the active key named `name` in the keys file at `path`; returns the key as revoked."""
     path = Path(path)
+    with _editing(path):
+        return _revoke(path, name)
+
+
+def _revoke(path: Path, name: str) -> ApiKey:
     stored = _read(path, missing_ok=False)[0]
     named = [i for i, entry in enumerate(stored) if entry.key.name == name]
     active = [i for i in named if stored[i].key.revoked is None]
@@ -99,6 +112,24 @@ def revoke_key(path: PathLike, name: str) -> ApiKey:
     stored[index] = replace(stored[index], key=revoked)
     _write(path, stored)
     return revoked
+
+
+@contextlib.contextmanager
+def _editing(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<keys file>.lock` while the file is read, changed and written, so that two
+    `aisec guard key` commands at once cannot lose one's change (each write is atomic either way)."""
+    if not path.parent.is_dir():
+        raise BadInputError(f"no such folder: {path.parent}")
+    lock = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as error:
+        raise BadInputError(f"cannot lock {path}: {error.strerror or error}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def list_keys(path: PathLike) -> list[ApiKey]:
