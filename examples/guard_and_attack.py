@@ -62,7 +62,9 @@ config = {
 guard = build_guard(load_config(folder / "guard.yaml"))
 
 # Serve it on a free loopback port, in a thread of this process (`aisec guard serve guard.yaml` does the same).
-sock = socket.socket()
+sock = socket.socket(
+    socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP
+)  # TCP_NODELAY on accepted sockets
 sock.bind(("127.0.0.1", 0))
 server = uvicorn.Server(uvicorn.Config(create_app(guard), log_level="warning"))
 threading.Thread(target=lambda: asyncio.run(server.serve(sockets=[sock])), daemon=True).start()
@@ -79,7 +81,9 @@ try:
     print("the attack ran to the end: the guard did not stop it")
 except ServiceRefused as refused:
     answered = refused.answered
-    print(f"the guard stopped the attacker (HTTP {refused.status}: {refused.reason}) after {answered} queries")
+    print(
+        f"the guard stopped the attacker (HTTP {refused.status}: {refused.reason}) after {answered} queries"
+    )
 assert guard.monitors is not None
 print("the monitors' alarms (detector, at query):", guard.monitors.figures("mallory")["alarms"])
 

@@ -57,7 +57,7 @@ def write_guard(
 @contextmanager
 def serving(app: Any) -> Iterator[str]:
     """Serve an ASGI app with uvicorn on 127.0.0.1 and a free port in a thread; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

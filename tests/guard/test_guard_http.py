@@ -60,6 +60,12 @@ def test_http_target_attacks_the_guard_and_reads_what_its_key_may_see(tmp_path, 
             f"{url}/v1/predict", content=b"{", headers={"Authorization": f"Bearer {tokens['default']}"}
         )
         assert bad.status_code == 400 and "JSON" in bad.json()["error"]
+        two_keys = httpx.post(
+            f"{url}/v1/predict",
+            content=b'{"inputs": [[0.5]]}',
+            headers=[("Authorization", f"Bearer {tokens['default']}"), ("Authorization", "Bearer other")],
+        )
+        assert two_keys.status_code == 401  # two Authorization headers: neither is taken
     verification = verify_log(tmp_path / "audit.db", public_key=load_verifying_key(tmp_path / "audit.pub"))
     assert verification.ok and verification.unsigned_tail == 0  # the last checkpoint is signed at shutdown
 

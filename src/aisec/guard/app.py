@@ -34,7 +34,8 @@ def create_app(guard: Guard) -> Starlette:
     async def predict(request: Request) -> Response:
         body = await request.body()
         try:
-            reply = guard.predict(request.headers.get("authorization"), body)
+            given = request.headers.getlist("authorization")
+            reply = guard.predict(given[0] if len(given) == 1 else None, body)  # two keys: neither is taken
         except Exception:  # the audit log could not record the request: nothing is released
             log.exception("guard: could not record a request in the audit log")
             return JSONResponse({"error": "the guard cannot record requests; try again later"}, 503)

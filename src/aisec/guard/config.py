@@ -98,8 +98,12 @@ class MonitorSection(_Section):
 
     @model_validator(mode="after")
     def _ladder(self) -> MonitorSection:
-        if ACTIONS.index(self.first_action) > ACTIONS.index(self.action):
-            raise ValueError(f"first_action {self.first_action!r} comes after action {self.action!r} on the ladder")
+        if "first_action" in self.model_fields_set and ACTIONS.index(self.first_action) > ACTIONS.index(
+            self.action
+        ):
+            raise ValueError(
+                f"first_action {self.first_action!r} comes after action {self.action!r} on the ladder"
+            )
         return self
 
     @model_validator(mode="after")

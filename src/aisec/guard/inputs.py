@@ -63,8 +63,9 @@ def parse_body(body: bytes, *, max_bytes: int, max_rows: int) -> Batch:
 
 
 def check_batch(batch: Batch, spec: InputSpec) -> np.ndarray:
-    """The batch as float32 (n, *spec.shape), or Refused(422) naming what does not fit the spec: the shape,
-    a value that is not a number, NaN or infinity, or values outside the bounds."""
+    """The batch as float32 (n, *spec.shape) inside the bounds, or Refused(422) naming what does not fit the
+    spec: the shape, a value that is not a number, NaN or infinity, or values outside the bounds (by more than
+    1e-6, float rounding: those within it are clipped)."""
     n = len(batch)
     width = math.prod(spec.shape)
     try:
@@ -90,7 +91,8 @@ def check_batch(batch: Batch, spec: InputSpec) -> np.ndarray:
             f"values in [{x.min():.6g}, {x.max():.6g}] lie outside the input bounds "
             f"[{_describe(spec.lower)}, {_describe(spec.upper)}]",
         )
-    return x.astype(np.float32)
+    # within the float tolerance of the bounds: clipped, so the model sees values inside them exactly
+    return np.clip(x, lower, upper).astype(np.float32)
 
 
 def _all_numbers(rows: list[Any]) -> bool:

@@ -118,7 +118,7 @@ class Monitors:
                 quantile=section.coverage.quantile,
                 generator=np.random.default_rng(seed),
             )
-        self.first_level = ACTIONS.index(section.first_action) + 1
+        self.first_level = min(ACTIONS.index(section.first_action), ACTIONS.index(section.action)) + 1
         self.top_level = ACTIONS.index(section.action) + 1
 
     @property
