@@ -155,6 +155,7 @@ def test_a_client_repeating_near_identical_queries_is_escalated_then_blocked(tmp
     monitor = {
         "reference": "natural.npz",
         "stateful": {"k": 5, "buffer_size": 200, "fpr": 0.01},
+        "escalate": True,
         "first_action": "log",
         "slow_down_s": 0.5,
     }

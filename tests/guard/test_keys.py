@@ -63,7 +63,10 @@ def test_the_file_holds_hashes_only_with_mode_0600(path: Path) -> None:
     revoke_key(path, "alice")
     add_key(path, "bob")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # kept through atomic rewrites
-    assert sorted(p.name for p in path.parent.iterdir()) == ["keys.json", "keys.json.lock"]  # no temporary file left
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "keys.json",
+        "keys.json.lock",
+    ]  # no temporary file left
 
 
 def test_names_and_revocation_are_checked(path: Path) -> None:

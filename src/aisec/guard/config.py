@@ -81,19 +81,19 @@ class CoverageSection(_Section):
 
 
 class MonitorSection(_Section):
-    """Per-client monitoring of the query stream. The first alarm takes the client to `first_action`; each
-    further alarm, and every `escalate_every` rows a flagged client goes on sending (None: alarms only), one step
-    further along log -> slow -> labels_only -> block, up to `action`. With `escalate: false` the first alarm
-    goes straight to `action`."""
+    """Per-client monitoring of the query stream. The first alarm takes the client to `action`. With
+    `escalate: true` it takes it to `first_action` instead, and each further alarm, and every `escalate_every`
+    rows a flagged client goes on sending (None: alarms only), one step further along log -> slow -> labels_only
+    -> block, up to `action`. A slowed client waits `slow_down_s` per 100 rows (at least once per request)."""
 
     reference: Path | None = Field(None, description="an .npz with `x`: natural inputs to calibrate on")
     prada: PradaSection | None = None
     stateful: StatefulSection | None = None
     coverage: CoverageSection | None = None
-    first_action: Action = "slow"
     action: Action = "block"
-    escalate: bool = True
-    escalate_every: int | None = Field(100, ge=1)
+    escalate: bool = False
+    first_action: Action = "slow"
+    escalate_every: int | None = Field(50, ge=1)
     slow_down_s: float = Field(1.0, ge=0, le=60)
 
     @model_validator(mode="after")

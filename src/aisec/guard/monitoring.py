@@ -9,11 +9,12 @@ Each client (API key) gets its own detectors, fitted or calibrated once for all 
 * feature-space coverage (Kesarwani et al. 2018): the share of a client's queries that lie off the natural
   data's manifold; catches random and synthetic queries.
 
-The first alarm takes the client to the configured first action (slow, by default); every further alarm raises
-its level one step along log -> slow -> labels only -> block, up to the configured action (`escalate: false` goes
-there at once), and so does every `escalate_every` rows a flagged client goes on sending: a client that keeps querying after its stream was found anomalous is answered ever more sparingly. A
-detector re-arms after it fires, so a client that goes on raises further alarms. The level is a function of
-the client's stream alone (its alarms and rows), so every worker computes the same one. With several workers the stream reaches every worker through Redis in one order
+The first alarm takes the client to the configured action (block, by default). With escalation on, it takes it
+to the first action instead (slow, by default), and every further alarm raises its level one step along log ->
+slow -> labels only -> block, up to the configured action, and so does every `escalate_every` rows a flagged
+client goes on sending: a client that keeps querying after its stream was found anomalous is answered ever more
+sparingly. A detector re-arms after it fires, so a client that goes on raises further alarms. The level is a
+function of the client's stream alone (its alarms and rows), so every worker computes the same one. With several workers the stream reaches every worker through Redis in one order
 (`shared.py`), so each computes the same alarms and levels.
 """
 
@@ -189,13 +190,16 @@ class Monitors:
         start = state.rows
         state.rows += len(rows)
         if state.prada is not None and state.prada.observe_batch(rows, labels):
-            alarms.append(Alarm("prada", state.rows))
+            fired = state.prada.alarm_at or state.prada.queries  # the detector's own count since it was armed
+            alarms.append(Alarm("prada", state.rows - state.prada.queries + fired))
             state.prada = self._prada()
         if state.stateful is not None:
             hits = np.flatnonzero(state.stateful.observe(rows))
             alarms.extend(Alarm("stateful", start + int(i) + 1) for i in hits)
+        alarms.sort(key=lambda alarm: alarm.at_query)
         if state.coverage is not None and state.coverage.observe(rows):
-            alarms.append(Alarm("coverage", state.rows))
+            fired = state.coverage.alarm_at or state.coverage.queries
+            alarms.append(Alarm("coverage", state.rows - state.coverage.queries + fired))
             state.coverage = self._coverage_monitor()
         state.alarms.extend(alarms)
         return alarms
