@@ -65,6 +65,7 @@ from test_guard_workers import (  # noqa: E402
     healthy,
     served,
     unique_bodies,
+    verify_audit,
     write_tiny_guard,
 )
 
@@ -451,20 +452,7 @@ def kill_worker(args: argparse.Namespace, folder: Path, redis: RedisServer) -> N
         ready_s = None if ready is None else time.monotonic() - killed
         load.join()
         answers = healthy(server.host, server.port) and len(server.worker_pids()) == args.workers
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aisec",
-            "audit",
-            "verify",
-            str(folder / "kill" / "audit.db"),
-            "--key",
-            str(folder / "kill" / "audit.pub"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    verify = verify_audit(folder / "kill")
     entries = audit_entries(folder / "kill" / "audit.db")
     logged = {
         k: Counter(e["body_sha256"] for e in entries if e["key"] == k and e["status"] == 200) for k in tokens

@@ -305,6 +305,12 @@ def audit_entries(path: Path) -> list[dict[str, Any]]:
         return [decode_entry(bytes(e.content)) for e in log.store.entries(0, log.size)]
 
 
+def verify_audit(folder: Path) -> subprocess.CompletedProcess[str]:
+    """`aisec audit verify` of the guard's log in `folder` against its public key, as an operator runs it."""
+    command = [sys.executable, "-m", "aisec", "audit", "verify", str(folder / "audit.db"), "--key"]
+    return subprocess.run([*command, str(folder / "audit.pub")], capture_output=True, text=True)
+
+
 def unlogged_answers(answered: dict[str, list[bytes]], entries: list[dict[str, Any]]) -> dict[str, int]:
     """Per key, the 200 answers a client received that the audit log does not hold as a status-200 entry of
     that key with the body's SHA-256 (a multiset comparison: a body sent twice needs two entries)."""
@@ -493,20 +499,7 @@ def test_kill_9_of_a_worker_under_load_loses_no_answered_request(tmp_path, redis
         assert len(server.worker_pids()) == 2
     lost = sum(a.status == 0 for r in results.values() for a in r if a.sent >= killed)
     assert lost <= 6  # at most the requests in flight on the killed worker's connections
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aisec",
-            "audit",
-            "verify",
-            str(tmp_path / "audit.db"),
-            "--key",
-            str(tmp_path / "audit.pub"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    verify = verify_audit(tmp_path)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     answered = {key: [a.body for a in r if a.status == 200] for key, r in results.items()}
     assert unlogged_answers(answered, audit_entries(tmp_path / "audit.db")) == {"alice": 0, "bob": 0}
