@@ -388,3 +388,16 @@ def test_retry_after_in_seconds_or_as_an_http_date():
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: retry now
     assert (_retry_after(" 2 "), _retry_after("-3"), _retry_after("inf")) == (2.0, 0.0, float("inf"))
     assert _retry_after("nan") is None and _retry_after("soon") is None and _retry_after(None) is None
+
+
+def test_assessing_a_local_model_needs_no_httpx():
+    """The runner catches ServiceRefused in every assessment; httpx (the guard extra) is imported only when an
+    HTTP target is made, so `make demo`'s install, which has no httpx, assesses local models."""
+    code = (
+        "import sys; sys.modules['httpx'] = None\n"
+        "from aisec.targets.http_target import ServiceRefused\n"
+        "import aisec.assessment.runner\n"
+        "print('ok')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr

@@ -5,7 +5,8 @@ load (503), rate-limits (429, often with `Retry-After`), refuses credentials (40
 that watches for extraction, stops giving scores. Transient refusals and broken connections are retried with
 exponential back-off; a refusal that persists, or one that asks for a longer wait than `max_wait_s` (a quota
 spent until tomorrow), ends the attack with `ServiceRefused`, which says how many samples were answered first.
-httpx is imported with this module: `aisec.targets` stays light.
+httpx is imported when a target is made, so that code which only catches `ServiceRefused` (the assessment
+runner) needs no httpx; `aisec.targets` stays light.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 import torch
 
 from aisec.core.errors import EXIT_BAD_INPUT, AisecError, BadInputError, DataError, ModelLoadError
 from aisec.targets.base import Access, InputSpec, ScoreKind, Target
 from aisec.targets.callable_target import check_labels, check_scores
+
+if TYPE_CHECKING:
+    import httpx
 
 RETRIED_STATUSES = (429, 503)
 REFUSAL_STATUSES = (401, 403, 429, 503)
@@ -127,6 +130,8 @@ class HttpTarget(Target):
         self._answered = 0
         self._sleep = sleep
         self._own_client = client is None
+        import httpx
+
         self._client = client if client is not None else httpx.Client(timeout=timeout_s)
 
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +171,8 @@ class HttpTarget(Target):
 
     def _post(self, payload: dict[str, Any]) -> Any:
         """One JSON answer to `payload`, retrying what a service may answer later."""
+        import httpx
+
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             self.requests += 1
