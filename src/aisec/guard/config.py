@@ -172,11 +172,6 @@ class GuardConfig(_Section):
             raise ValueError("screening.input_detectors need a local torch model (they read its layers)")
         return self
 
-    @property
-    def input(self) -> Any:
-        """The model's input section (shape, classes, bounds)."""
-        return (self.model or self.upstream).input  # type: ignore[union-attr]
-
     def output_for(self, tier: str) -> OutputSection:
         """The output a key of `tier` may see: its tier's section, else the default `output`."""
         return self.tiers.get(tier, self.output)

@@ -122,10 +122,6 @@ class Monitors:
         self.first_level = min(ACTIONS.index(section.first_action), ACTIONS.index(section.action)) + 1
         self.top_level = ACTIONS.index(section.action) + 1
 
-    @property
-    def stateful_threshold(self) -> float | None:
-        return self._threshold
-
     def action(self, client: str) -> Action | None:
         """The action the client's level calls for now (None: not flagged)."""
         level = self.stream.level(client)
