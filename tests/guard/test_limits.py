@@ -19,11 +19,11 @@ from aisec.core.errors import BadInputError
 from aisec.guard.limits import (
     Admission,
     FailoverLimiter,
-    LimiterUnavailable,
     Limits,
     MemoryLimiter,
     RedisLimiter,
 )
+from aisec.guard.redis_failover import RedisFailover, RedisUnavailable
 
 NOON = datetime(2025, 3, 14, 12, 0, tzinfo=timezone.utc).timestamp()  # 12 h before a UTC midnight
 
@@ -273,27 +273,22 @@ def test_failover_while_redis_is_down(
     prefix = f"test:{uuid.uuid4().hex}:"
     clock = Clock(0.0)
     local = MemoryLimiter(limits)
-    limiter = FailoverLimiter(
-        RedisLimiter(limits, client, prefix=prefix),
-        local,
-        on_failure=on_failure,  # type: ignore[arg-type]
-        retry_s=5.0,
-        clock=clock,
-    )
+    failover = RedisFailover(on_failure, retry_s=5.0, clock=clock)  # type: ignore[arg-type]
+    limiter = FailoverLimiter(RedisLimiter(limits, client, prefix=prefix), local, failover=failover)
     caplog.set_level(logging.WARNING, logger="aisec.guard")
     assert decisions(limiter, [("a", 1)] * 3) == [(True, None, None)] * 2 + [(False, "rate", None)]
-    assert not limiter.redis_down
+    assert not limiter.failover.down
 
     own_redis.stop()
     if on_failure == "fail_closed":
         for _ in range(3):
-            with pytest.raises(LimiterUnavailable):
+            with pytest.raises(RedisUnavailable):
                 limiter.admit("a", 1)
     else:  # this process's limits: a fresh burst of 2 for "a" here
         assert decisions(limiter, [("a", 1)] * 3) == [(True, None, None)] * 2 + [(False, "rate", None)]
-    assert limiter.redis_down
+    assert limiter.failover.down
     clock.now = 5.0  # time to try Redis again: still down, no second warning
-    with pytest.raises(LimiterUnavailable) if on_failure == "fail_closed" else nullcontext():
+    with pytest.raises(RedisUnavailable) if on_failure == "fail_closed" else nullcontext():
         limiter.admit("b", 1)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "unreachable" in warnings[0], warnings
@@ -302,7 +297,7 @@ def test_failover_while_redis_is_down(
     clock.now = 9.0  # too early: Redis is not tried yet
     assert not client.exists(f"{prefix}{{c}}:tat")
     if on_failure == "fail_closed":
-        with pytest.raises(LimiterUnavailable):
+        with pytest.raises(RedisUnavailable):
             limiter.admit("c", 1)
     else:
         limiter.admit("c", 1)
@@ -310,7 +305,7 @@ def test_failover_while_redis_is_down(
     clock.now = 10.0
     # Redis again: "a" is admitted (the local limiter would deny it) and its state is in Redis.
     assert decisions(limiter, [("a", 1)]) == [(True, None, None)]
-    assert client.exists(f"{prefix}{{a}}:tat") and not limiter.redis_down
+    assert client.exists(f"{prefix}{{a}}:tat") and not limiter.failover.down
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2 and "reachable again" in warnings[1], warnings
     limiter.close()
@@ -319,12 +314,13 @@ def test_failover_while_redis_is_down(
 def test_a_frozen_redis_times_out_into_the_failover(own_redis: Any) -> None:
     limits = Limits(requests_per_second=0.001, burst=1)
     client = redis_client(own_redis.url, timeout_s=0.2)
-    limiter = FailoverLimiter(RedisLimiter(limits, client), MemoryLimiter(limits), on_failure="fail_closed")
+    failover = RedisFailover("fail_closed")
+    limiter = FailoverLimiter(RedisLimiter(limits, client), MemoryLimiter(limits), failover=failover)
     assert limiter.admit("a", 1).allowed
     own_redis.process.send_signal(signal.SIGSTOP)
     try:
         started = time.perf_counter()
-        with pytest.raises(LimiterUnavailable) as raised:
+        with pytest.raises(RedisUnavailable) as raised:
             limiter.admit("a", 1)
         assert time.perf_counter() - started < 1.0
         assert "Timeout" in type(raised.value.__cause__).__name__
@@ -332,9 +328,8 @@ def test_a_frozen_redis_times_out_into_the_failover(own_redis: Any) -> None:
         own_redis.process.send_signal(signal.SIGCONT)
 
 
-def test_failover_arguments_are_validated(redis_server: str) -> None:
-    limiter = RedisLimiter(Limits(1, 1), redis_client(redis_server))
+def test_failover_arguments_are_validated() -> None:
     with pytest.raises(BadInputError, match="on_failure"):
-        FailoverLimiter(limiter, MemoryLimiter(Limits(1, 1)), on_failure="open")  # type: ignore[arg-type]
+        RedisFailover("open")  # type: ignore[arg-type]
     with pytest.raises(BadInputError, match="retry_s"):
-        FailoverLimiter(limiter, MemoryLimiter(Limits(1, 1)), on_failure="local", retry_s=-1)
+        RedisFailover("local", retry_s=-1)

@@ -12,13 +12,13 @@ retry at the next UTC midnight. The rate is checked first, and a denied request 
 
 `MemoryLimiter` keeps the state in this process; `RedisLimiter` keeps it in Redis and decides in one Lua
 script on Redis's clock, so several workers sharing a Redis admit exactly as one process would;
-`FailoverLimiter` says what happens while that Redis cannot be reached.
+`FailoverLimiter` says what happens while that Redis cannot be reached (through `redis_failover.RedisFailover`,
+which the monitors' stream shares).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from aisec.core.errors import BadInputError
+from aisec.guard.redis_failover import RedisFailover
 
 if TYPE_CHECKING:
     import redis
@@ -94,10 +95,6 @@ class Limiter(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class LimiterUnavailable(Exception):
-    """The shared limiter's Redis cannot be reached and the limiter fails closed (the service answers 503)."""
 
 
 def decide(limits: Limits, now_us: int, tat_us: int, used: int, rows: int) -> tuple[Admission, int]:
@@ -220,80 +217,23 @@ class RedisLimiter:
 
 
 class FailoverLimiter:
-    """A `RedisLimiter` that survives its Redis going away: while Redis cannot be reached (connection error or
-    timeout) it either raises `LimiterUnavailable` (`on_failure="fail_closed"`) or admits by the `local`
-    limiter of this process (`"local"`), and tries Redis again every `retry_s` seconds (one request probes
-    while the others go on without it). It logs a warning when an outage starts and when Redis is back."""
+    """A `RedisLimiter` that survives its Redis going away: while Redis cannot be reached, `failover` (shared
+    with the monitors' stream) raises `RedisUnavailable` or admits by the `local` limiter of this process."""
 
-    def __init__(
-        self,
-        redis_limiter: RedisLimiter,
-        local: MemoryLimiter,
-        *,
-        on_failure: Literal["fail_closed", "local"],
-        retry_s: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if on_failure not in ("fail_closed", "local"):
-            raise BadInputError(f"on_failure must be 'fail_closed' or 'local'; got {on_failure!r}")
-        if not (isinstance(retry_s, (int, float)) and math.isfinite(retry_s) and retry_s >= 0):
-            raise BadInputError(f"retry_s must be a number >= 0; got {retry_s!r}")
-        import redis.exceptions
-
-        self._unreachable = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    def __init__(self, redis_limiter: RedisLimiter, local: MemoryLimiter, *, failover: RedisFailover) -> None:
         self._redis = redis_limiter
         self._local = local
-        self._on_failure = on_failure
-        self._retry_s = float(retry_s)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._down = False
-        self._next_try = 0.0
-
-    @property
-    def redis_down(self) -> bool:
-        """Whether the last attempt to reach Redis failed."""
-        return self._down
+        self.failover = failover
 
     def admit(self, client: str, rows: int) -> Admission:
         _check_request(client, rows)
-        with self._lock:
-            now = self._clock()
-            probe = not self._down or now >= self._next_try
-            if probe and self._down:
-                self._next_try = now + self._retry_s
-        if not probe:
-            return self._without_redis(client, rows, None)
-        try:
-            admission = self._redis.admit(client, rows)
-        except self._unreachable as error:
-            with self._lock:
-                if not self._down:
-                    self._down = True
-                    action = (
-                        "refusing requests"
-                        if self._on_failure == "fail_closed"
-                        else "admitting by this process's limits"
-                    )
-                    logger.warning(
-                        "guard: the limits' Redis is unreachable (%s): %s until it is back", error, action
-                    )
-                self._next_try = self._clock() + self._retry_s
-            return self._without_redis(client, rows, error)
-        with self._lock:
-            if self._down:
-                self._down = False
-                logger.warning("guard: the limits' Redis is reachable again: admitting by the shared limits")
-        return admission
+        return self.failover.call(
+            lambda: self._redis.admit(client, rows), lambda: self._local.admit(client, rows)
+        )
 
     def close(self) -> None:
         self._redis.close()
         self._local.close()
-
-    def _without_redis(self, client: str, rows: int, error: Exception | None) -> Admission:
-        if self._on_failure == "fail_closed":
-            raise LimiterUnavailable("the limits' Redis is unreachable") from error
-        return self._local.admit(client, rows)
 
 
 def _check_request(client: str, rows: int) -> None:

@@ -29,12 +29,12 @@ from aisec.defend.robustness.output_hardening import harden_probabilities
 from aisec.guard.config import GuardConfig, OutputSection
 from aisec.guard.inputs import Refused, check_batch, parse_body
 from aisec.guard.keys import ApiKey, KeyRing
-from aisec.guard.limits import Limiter, LimiterUnavailable
+from aisec.guard.limits import Limiter
 from aisec.guard.metrics import Metrics
 from aisec.guard.model import GuardedModel
 from aisec.guard.monitoring import Monitors
+from aisec.guard.redis_failover import RedisUnavailable
 from aisec.guard.screening import Screening
-from aisec.guard.shared import SharedStateUnavailable
 
 log = logging.getLogger("aisec.guard")
 
@@ -138,7 +138,7 @@ class Guard:
                 request.action = action
                 if action == "block":
                     raise Refused(403, "this API key is blocked: its queries looked like an attack")
-        except (LimiterUnavailable, SharedStateUnavailable) as e:
+        except RedisUnavailable as e:
             raise Refused(503, f"the guard cannot reach its shared state ({e}); try again later") from None
         output = self._output(key, action)
         payload: dict[str, Any] = {"labels": answer.labels.astype(int).tolist()}

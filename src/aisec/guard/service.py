@@ -15,6 +15,7 @@ from aisec.guard.metrics import Metrics
 from aisec.guard.model import load_guarded_model
 from aisec.guard.monitoring import Monitors, Stream
 from aisec.guard.pipeline import Guard
+from aisec.guard.redis_failover import RedisFailover
 from aisec.guard.screening import Screening
 from aisec.guard.shared import RedisStream
 
@@ -35,13 +36,12 @@ def build_guard(config: GuardConfig, *, workers: int = 1) -> Guard:
         import redis
 
         client = redis.Redis.from_url(config.redis.url, socket_timeout=0.25, socket_connect_timeout=0.25)
+        failover = RedisFailover(config.redis.on_failure)  # one outage state for the limits and the monitors
         limiter = FailoverLimiter(
-            RedisLimiter(limits, client, prefix=config.redis.prefix),
-            MemoryLimiter(limits),
-            on_failure=config.redis.on_failure,
+            RedisLimiter(limits, client, prefix=config.redis.prefix), MemoryLimiter(limits), failover=failover
         )
         width = int(np.prod(model.spec.shape))
-        stream = RedisStream(client, width, prefix=config.redis.prefix, on_failure=config.redis.on_failure)
+        stream = RedisStream(client, width, failover=failover, prefix=config.redis.prefix)
     screening = None
     if config.screening is not None:
         x, y = _reference(config.screening.reference, "screening.reference", labels=True)

@@ -6,21 +6,18 @@ batches in the same order and computes the same alarms. A client's level (the es
 reached) is the maximum any worker set, raised atomically. Rows travel as float32 bytes and labels as int32
 bytes, read back with `np.frombuffer`: nothing from Redis is ever unpickled or evaluated.
 
-When Redis cannot be reached the stream fails closed (`SharedStateUnavailable`, the guard answers 503) or
-falls back to this process's own stream and levels, as configured, logging the outage and the recovery.
+When Redis cannot be reached, the worker's `RedisFailover` (shared with the limiter) fails closed
+(`RedisUnavailable`: the guard answers 503) or falls back to this process's own stream and levels.
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from aisec.guard.monitoring import LocalStream
-
-log = logging.getLogger("aisec.guard")
+from aisec.guard.redis_failover import RedisFailover
 
 # Atomically raise a client's level to ARGV[1] if higher; returns the level now stored.
 _RAISE_LEVEL = """
@@ -34,10 +31,6 @@ return current
 """
 
 
-class SharedStateUnavailable(Exception):
-    """Redis could not be reached and the guard fails closed."""
-
-
 class RedisStream:
     """The monitors' stream and levels in Redis (see the module docstring)."""
 
@@ -46,21 +39,18 @@ class RedisStream:
         client: Any,
         width: int,
         *,
+        failover: RedisFailover,
         prefix: str = "aisec:guard:",
-        on_failure: Literal["fail_closed", "local"] = "fail_closed",
         max_batches: int = 10_000,
-        retry_s: float = 5.0,
     ) -> None:
         self.client = client
         self.width = width
+        self.failover = failover
         self.prefix = prefix
-        self.on_failure = on_failure
         self.max_batches = max_batches
-        self.retry_s = retry_s
         self._seen: dict[str, bytes] = {}
         self._raise = client.register_script(_RAISE_LEVEL)
         self._local = LocalStream()
-        self._down_since: float | None = None
 
     def exchange(
         self, client: str, rows: np.ndarray, labels: np.ndarray
@@ -84,48 +74,17 @@ class RedisStream:
                     batches.append((x, y))
             return batches
 
-        return self._call(shared, lambda: self._local.exchange(client, rows, labels))
+        return self.failover.call(shared, lambda: self._local.exchange(client, rows, labels))
 
     def level(self, client: str) -> int:
         def shared() -> int:
-            value = self.client.get(f"{self.prefix}level:{client}")
-            return (
-                max(int(value), self._local.level(client)) if value is not None else self._local.level(client)
-            )
+            return max(int(self.client.get(f"{self.prefix}level:{client}") or 0), self._local.level(client))
 
-        return self._call(shared, lambda: self._local.level(client))
+        return self.failover.call(shared, lambda: self._local.level(client))
 
     def raise_level(self, client: str, level: int) -> int:
         self._local.raise_level(client, level)
-        return self._call(
+        return self.failover.call(
             lambda: int(self._raise(keys=[f"{self.prefix}level:{client}"], args=[level])),
             lambda: self._local.level(client),
         )
-
-    def _call(self, shared: Any, local: Any) -> Any:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
-        now = time.monotonic()
-        if self._down_since is not None and now - self._down_since < self.retry_s:
-            if self.on_failure == "fail_closed":
-                raise SharedStateUnavailable("Redis is unreachable")
-            return local()
-        try:
-            result = shared()
-        except (RedisConnectionError, RedisTimeoutError) as e:
-            if self._down_since is None:
-                what = (
-                    "answers 503"
-                    if self.on_failure == "fail_closed"
-                    else "monitors with this worker's state only"
-                )
-                log.warning("guard: Redis unreachable (%s); the guard %s until it is back", e, what)
-            self._down_since = now
-            if self.on_failure == "fail_closed":
-                raise SharedStateUnavailable("Redis is unreachable") from None
-            return local()
-        if self._down_since is not None:
-            log.warning("guard: Redis reachable again; monitor state is shared again")
-            self._down_since = None
-        return result
