@@ -93,7 +93,7 @@ def test_refuses_missing_invalid_and_revoked_keys(tmp_path, digits_model, digits
         (b'{"inputs": [[0.5]], "extra": 1}', 400, "unknown field"),
         (b'{"inputs": [[0.5, 0.5]]}', 422, "shape"),
         (json.dumps({"inputs": [[0.5] * 63 + [float("nan")]]}).encode(), 422, "NaN"),
-        (json.dumps({"inputs": [[0.5] * 63 + [2.0]]}).encode(), 422, "outside the input bounds"),
+        (json.dumps({"inputs": [[0.5] * 63 + [2.0]]}).encode(), 422, "outside the model's input bounds"),
         (json.dumps({"inputs": [[0.5] * 63 + [True]]}).encode(), 422, "numbers only"),
         (json.dumps({"inputs": [[0.5] * 63 + ["0.5"]]}).encode(), 422, "numbers only"),
         (json.dumps({"inputs": [[0.5] * 64, [0.5] * 63]}).encode(), 422, "rectangular"),

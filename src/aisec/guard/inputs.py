@@ -1,7 +1,7 @@
 """A request body checked against the model's input spec before anything else sees it.
 
 The body is JSON `{"inputs": [...]}`: a batch of rows, each either of the sample shape or flat (its
-product). Everything a client can send that is not such a batch (not JSON, too deep, another type, a ragged
+product); the spec's own check (`InputSpec.check`) judges the shape, the values and the bounds. Everything a client can send that is not such a batch (not JSON, too deep, another type, a ragged
 batch, strings or booleans, NaN or infinity, numbers outside the input bounds, more rows than allowed) is
 refused with a reason that names it; the model only ever sees a float32 array of shape (n, *spec.shape)
 inside the bounds.
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from aisec.core.errors import DataError
 from aisec.targets.base import InputSpec
 
 
@@ -63,10 +65,9 @@ def parse_body(body: bytes, *, max_bytes: int, max_rows: int) -> Batch:
 
 
 def check_batch(batch: Batch, spec: InputSpec) -> np.ndarray:
-    """The batch as float32 (n, *spec.shape) inside the bounds, or Refused(422) naming what does not fit the
-    spec: the shape, a value that is not a number, NaN or infinity, or values outside the bounds (by more than
-    1e-6, float rounding: those within it are clipped)."""
-    n = len(batch)
+    """The batch as float32 (n, *spec.shape) inside the bounds, or Refused(422) naming what does not fit: a value
+    that is not a number, a ragged batch, and what `InputSpec.check` refuses (the shape, NaN or infinity, values
+    outside the bounds by more than its float tolerance; those within it are clipped onto the bounds)."""
     width = math.prod(spec.shape)
     try:
         x = np.array(batch.rows, dtype=np.float64)
@@ -75,24 +76,14 @@ def check_batch(batch: Batch, spec: InputSpec) -> np.ndarray:
     if not _all_numbers(batch.rows):
         raise Refused(422, "`inputs` may hold numbers only (no strings, booleans or nulls)")
     if x.shape[1:] == (width,) and spec.shape != (width,):
-        x = x.reshape(n, *spec.shape)
-    if tuple(x.shape[1:]) != tuple(spec.shape):
-        raise Refused(
-            422, f"each row must have shape {list(spec.shape)} (or {width} values); got {list(x.shape[1:])}"
-        )
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = int((~finite.reshape(n, -1)).any(1).sum())
-        raise Refused(422, f"{bad} row(s) hold NaN or infinite values")
-    lower, upper = _bounds(spec)
-    if (x < lower - 1e-6).any() or (x > upper + 1e-6).any():
-        raise Refused(
-            422,
-            f"values in [{x.min():.6g}, {x.max():.6g}] lie outside the input bounds "
-            f"[{_describe(spec.lower)}, {_describe(spec.upper)}]",
-        )
-    # within the float tolerance of the bounds: clipped, so the model sees values inside them exactly
-    return np.clip(x, lower, upper).astype(np.float32)
+        x = x.reshape(len(x), *spec.shape)  # flat rows
+    tensor = torch.from_numpy(x)
+    try:
+        spec.check(tensor, what="`inputs`")
+    except DataError as e:
+        raise Refused(422, str(e)) from None
+    lower, upper = spec.bounds(tensor)
+    return tensor.clamp(lower, upper).to(torch.float32).numpy()
 
 
 def _all_numbers(rows: list[Any]) -> bool:
@@ -105,15 +96,3 @@ def _all_numbers(rows: list[Any]) -> bool:
         elif isinstance(item, bool) or not isinstance(item, (int, float)):
             return False
     return True
-
-
-def _bounds(spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    lower = np.asarray(spec.lower, dtype=np.float64)
-    upper = np.asarray(spec.upper, dtype=np.float64)
-    if lower.ndim:
-        lower, upper = lower.reshape(spec.shape), upper.reshape(spec.shape)
-    return lower, upper
-
-
-def _describe(bound: float | tuple[float, ...]) -> str:
-    return f"{bound:g}" if isinstance(bound, (int, float)) else f"per-feature ({len(bound)} values)"
