@@ -16,11 +16,16 @@
   answer the clients received is in the log (per key, by the SHA-256 of its body); (b) Redis stopped under load,
   with `on_failure: fail_closed` (503, never an answer under unshared limits) and `local` (per-process limits),
   each saying so on stderr, then Redis started again: shared again.
+* monitors: the cost a query of each per-client detector, on a stream of --queries natural digits (resampled
+  with a little noise, so none repeats), one query at a time as a request of one row feeds them: PRADA with the
+  guard's settings (window 1000, a test every 10 queries, 500 growing points a class) beside the paper's (a test
+  at every query over all distances: the anchor), the stateful detector, and coverage (also in batches of 32).
+  Medians of --repeats runs.
 * fuzz: --cases fuzzed requests (tests/guard/test_guard_fuzz.py's generator) over HTTP against a guard served in
   this process whose model checks every batch it is given: never a 5xx, never a model call with a batch that is
   not float32 of the spec's shape, finite and inside the bounds.
 
-    .venv/bin/python bench/guard.py [limits] [faults] [fuzz] [overhead]   # all four by default, in this order
+    .venv/bin/python bench/guard.py [limits] [faults] [monitors] [fuzz] [overhead]   # all by default, this order
 Results are recorded in docs/benchmarks.md ("Guard").
 """
 
@@ -72,7 +77,13 @@ from test_guard_workers import (  # noqa: E402
 from aisec.data.builtin import load_builtin  # noqa: E402
 from aisec.guard.app import create_app  # noqa: E402
 
-PARTS = ("limits", "faults", "fuzz", "overhead")  # the order they run in: overhead, the timing, last
+PARTS = (
+    "limits",
+    "faults",
+    "monitors",
+    "fuzz",
+    "overhead",
+)  # the order they run in: overhead, the timing, last
 TARGET_ADDED_P99_MS = 2.0
 TARGET_OVER = 0.01
 
@@ -597,6 +608,70 @@ def fuzz(args: argparse.Namespace, folder: Path) -> None:
     print()
 
 
+def monitors(args: argparse.Namespace, folder: Path) -> None:
+    """Microseconds a query for each detector over one natural stream (see the module docstring)."""
+    from aisec.defend.robustness.prada import PradaDetector
+    from aisec.defend.robustness.query_coverage import CoverageMonitor, fit_coverage
+    from aisec.defend.robustness.stateful_detection import (
+        StatefulConfig,
+        StatefulDetector,
+        calibrate_threshold,
+    )
+
+    digits = load_builtin("digits", seed=0)
+    reference = digits.train.x.flatten(1).numpy().astype(np.float64)
+    rng = np.random.default_rng(args.seed)
+    pool = np.concatenate([reference, digits.test.x.flatten(1).numpy()])
+    stream = np.clip(
+        pool[rng.integers(0, len(pool), args.queries)] + rng.normal(0, 0.01, (args.queries, 64)), 0, 1
+    )
+    labels = rng.integers(
+        0, 10, args.queries
+    )  # the class answered: PRADA's cost does not depend on the model
+    threshold = calibrate_threshold(reference, 50, 0.001)
+    coverage_model = fit_coverage(reference, generator=np.random.default_rng(args.seed))
+
+    def per_query(make: Any, batch: int = 1) -> float:
+        """Median microseconds a query over --repeats runs, each feeding a fresh detector from `make`."""
+        times = []
+        for _ in range(args.repeats):
+            observe = make()
+            started = time.perf_counter()
+            for i in range(0, args.queries, batch):
+                observe(i, i + batch)
+            times.append((time.perf_counter() - started) / args.queries * 1e6)
+        return statistics.median(times)
+
+    def prada(**settings: Any) -> Any:
+        detector = PradaDetector(**settings)
+        return lambda i, j: detector.observe_batch(stream[i:j], labels[i:j])
+
+    def stateful() -> Any:
+        detector = StatefulDetector(StatefulConfig(threshold=threshold))
+        return lambda i, j: detector.observe(stream[i:j])
+
+    def coverage() -> Any:
+        monitor = CoverageMonitor(coverage_model)
+        return lambda i, j: monitor.observe(stream[i:j])
+
+    costs = {
+        "PRADA, the paper's settings (anchor)": per_query(prada),
+        "PRADA, the guard's settings": per_query(lambda: prada(window=1000, test_every=10, max_growing=500)),
+        "stateful (k 50, buffer 1,000)": per_query(stateful),
+        "coverage (50 cells)": per_query(coverage),
+        "coverage, batches of 32": per_query(coverage, batch=32),
+    }
+    print(f"## monitors: microseconds a query, {args.queries:,} natural queries, median of {args.repeats}")
+    print(f"   {load_averages()}")
+    for name, us in costs.items():
+        print(f"   {name:40s} {us:8.1f} us")
+    paper, guard = costs["PRADA, the paper's settings (anchor)"], costs["PRADA, the guard's settings"]
+    print(
+        f"   PRADA: the guard's settings cost {guard / paper:.2f} of the paper's ({paper / guard:.1f}x faster)"
+    )
+    print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -611,6 +686,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=3, help="client processes per key for limits")
     parser.add_argument("--limit-seconds", type=float, default=12.0)
     parser.add_argument("--cases", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=10_000, help="natural queries for the monitors part")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--serve-bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -626,7 +702,14 @@ def main() -> None:
         for part in parts:
             folder = Path(tmp) / part
             folder.mkdir()
-            {"overhead": overhead, "limits": limits, "faults": faults, "fuzz": fuzz}[part](args, folder)
+            parts_run = {
+                "overhead": overhead,
+                "limits": limits,
+                "faults": faults,
+                "monitors": monitors,
+                "fuzz": fuzz,
+            }
+            parts_run[part](args, folder)
 
 
 if __name__ == "__main__":

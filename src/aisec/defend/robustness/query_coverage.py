@@ -16,7 +16,7 @@ does, so coverage is a figure to read, not an alarm.
 
 Fitting needs scikit-learn (KMeans); monitoring needs numpy only, with memory bounded per client: a visited
 flag per cell, the last `window` off-manifold flags and at most `curve_points` points of the curve. A batch
-costs one (batch x cells) distance matrix: about 35 us for a query alone, 2 us a query in batches of 32
+costs one (batch x cells) distance matrix: about 35 us for a query alone, 1.6 us a query in batches of 32 (bench/guard.py monitors)
 (50 cells, 8x8 inputs).
 
 Defaults, measured on digits (tests/test_query_coverage.py; docs/robustness.md, "Monitoring query streams"):

@@ -31,7 +31,7 @@ most for k of 5 and 10); natural clients were never flagged at any of these k. W
 benign repeats: with clients who resend an earlier image after 10 % of their queries, k = 10 flagged 2-4 of 10
 clients and k = 20 one, while k = 50 flagged none (a repeat is one zero among the 50 distances averaged). A
 buffer of 1000 holds 1000 x m float64 values per client (512 kB for 8x8 images); each query costs one (1000 x
-m) matrix-vector product and a partial sort (about 13 us for m = 64).
+m) matrix-vector product and a partial sort (about 16 us for m = 64; bench/guard.py monitors).
 """
 
 from __future__ import annotations
