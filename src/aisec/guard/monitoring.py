@@ -201,7 +201,7 @@ class Monitors:
         return alarms
 
     def figures(self, client: str) -> dict[str, object]:
-        """What the monitors know of a client: rows observed and its alarms (for /metrics and tests)."""
+        """What the monitors know of a client: rows observed and its alarms, each with the query it fired at."""
         state = self._clients.get(client)
         if state is None:
             return {"rows": 0, "alarms": []}
