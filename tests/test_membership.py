@@ -38,6 +38,7 @@ from aisec.attacks.inference.scores import logit_score
 from aisec.core.errors import BadInputError, CapabilityError
 from aisec.core.executor import InProcessExecutor, LocalProcessExecutor
 from aisec.core.seeding import build_model
+from aisec.core.tasks import TaskRunner
 from aisec.core.training import fit
 from aisec.data.builtin import load_builtin
 from aisec.data.dataset import LabelledData
@@ -266,7 +267,9 @@ def test_local_process_executor_gives_the_same_shadows_as_in_process() -> None:
     target = TorchTarget(digits_cnn(), SPEC)
     trainer = ShadowTrainer(digits_cnn, functools.partial(fit, epochs=3))
     shadows = [
-        train_shadows(target, x, y, trainer, population=population, n_shadows=4, seed=3, executor=executor)
+        train_shadows(
+            target, x, y, trainer, population=population, n_shadows=4, seed=3, tasks=TaskRunner(executor)
+        )
         for executor in (InProcessExecutor(), LocalProcessExecutor(2))
     ]
     assert torch.equal(shadows[0].logits, shadows[1].logits)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 
 from aisec.assessment.finding import Assessment, Finding
 from aisec.assessment.plan import ObjectPlan, validate_plan
-from aisec.assessment.runner import run_plan_on
+from aisec.assessment.runner import run_plan_on, task_runner
 from aisec.core.errors import BadInputError, PlanError
 from aisec.core.progress import Progress
 from aisec.core.severity import Severity
@@ -95,25 +96,32 @@ def assess(
     plan: Mapping[str, Any] | None = None,
     *,
     progress: Progress | None = None,
+    task_cache: str | os.PathLike[str] | None = None,
 ) -> AssessmentResult:
     """Assess `model` on inputs `x` and labels `y` (numpy arrays or tensors) as `plan` says (default: the
     evasion probe with the default threat model). `model` is a torch module (white box), a fitted
     scikit-learn classifier, the path of an .onnx file, a callable returning class scores for a float32 numpy
-    batch, or an aisec Target."""
+    batch, or an aisec Target. The plan's `executor` runs the independent jobs; with `task_cache` (a folder)
+    their results are kept there and a rerun reads them back (docs/scale.md)."""
     settings = _settings(plan if plan is not None else DEFAULT_PLAN, model_kind(model))
     data = as_labelled(x, y, name="x, y")
     validated = validate_plan(settings)
     spec, spec_source = _spec(validated, model, data)
     target = target_for(model, spec, device=validated.target.device)
-    assessment = run_plan_on(
-        target,
-        data,
-        validated,
-        model_source=f"{type(model).__name__} passed to aisec.assess",
-        model_sha256=_model_sha256(model),
-        progress=progress,
-        input_spec_source=spec_source,
-    )
+    tasks = task_runner(validated, Path(task_cache) if task_cache is not None else None, progress)
+    try:
+        assessment = run_plan_on(
+            target,
+            data,
+            validated,
+            model_source=f"{type(model).__name__} passed to aisec.assess",
+            model_sha256=_model_sha256(model),
+            progress=progress,
+            input_spec_source=spec_source,
+            tasks=tasks,
+        )
+    finally:
+        tasks.close()
     return AssessmentResult(assessment)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -189,7 +189,6 @@ class MembershipProbeSection(ProbeSection):
     )
     records: int = Field(200, gt=0, description="members under attack, and as many non-members from `data`")
     shadows: int = Field(16, ge=4, description="shadow models (LiRA, RMIA)")
-    workers: int = Field(1, ge=1, description="processes training shadow models")
 
     def plan_needs(self, plan: Plan) -> None:
         _needs_training_data(plan)
@@ -556,6 +555,43 @@ class PolicySection(_Section):
         return thresholds
 
 
+class ExecutorSection(_Section):
+    """Where the probes' independent jobs run (docs/scale.md): in this process (the default), a pool of
+    `workers` processes on this machine, or Ray tasks (`address: local` starts a Ray of `workers` CPUs here; `auto`
+    or `host:port` joins a cluster). Each job runs with `threads` torch threads; the figures are bit-identical
+    whichever executor ran them, for the same `threads` and device."""
+
+    kind: Literal["in_process", "pool", "ray"] = "in_process"
+    workers: int | None = Field(
+        None, ge=1, description="jobs run at once (default: a pool, one per CPU core)"
+    )
+    threads: int = Field(1, ge=1, description="torch threads per job")
+    address: str = Field("local", min_length=1, description="ray: local, auto, host:port or ray://host:port")
+    cpus_per_task: float = Field(1.0, ge=0)
+    gpus_per_task: float = Field(
+        0.0, ge=0, description="ray: a share of a GPU per job (training runs on CUDA)"
+    )
+
+    @model_validator(mode="after")
+    def _ray_options_for_ray(self) -> ExecutorSection:
+        ray_only = {"address", "cpus_per_task", "gpus_per_task"} & self.model_fields_set
+        if self.kind != "ray" and ray_only:
+            raise ValueError(f"{', '.join(sorted(ray_only))} apply to the ray executor only, not {self.kind}")
+        if self.kind == "in_process" and self.workers not in (None, 1):
+            raise ValueError(
+                "the in_process executor runs one job at a time: use kind pool or ray for workers"
+            )
+        return self
+
+
+class TrackingSection(_Section):
+    """Where the assessment is logged as an experiment run (docs/scale.md): an MLflow tracking URI (a folder,
+    `sqlite:///mlflow.db`, or an MLflow server on `http(s)://`), and the experiment's name."""
+
+    mlflow: str = Field(min_length=1)
+    experiment: str = Field("aisec", min_length=1)
+
+
 class Plan(_Section):
     name: str = "assessment"
     seed: int = 0
@@ -569,6 +605,8 @@ class Plan(_Section):
     training: TrainingSection | None = None
     defences: DefencesSection = DefencesSection()
     policy: PolicySection = PolicySection()
+    executor: ExecutorSection = ExecutorSection()
+    tracking: TrackingSection | None = None
 
     @model_validator(mode="after")
     def _policy_budgets_assessed(self) -> Plan:
@@ -706,6 +744,9 @@ def load_plan(path: str | Path) -> tuple[Plan, str]:
             "training": plan.training.model_copy(update={"data": _resolved(plan.training.data, base)})
             if plan.training
             else None,
+            "tracking": plan.tracking.model_copy(update={"mlflow": _tracking_uri(plan.tracking.mlflow, base)})
+            if plan.tracking
+            else None,
         }
     )
     validation = getattr(plan.probes, "data_validation", None)
@@ -789,6 +830,18 @@ class ObjectPlan(Plan):
     training: ObjectTrainingSection | None = None  # type: ignore[assignment]
 
 
+S = TypeVar("S", bound=BaseModel)
+
+
+def validated_section(section: type[S], settings: Mapping[str, Any], where: str) -> S:
+    """One plan section built from `settings` (a command line's choices); PlanError "<where>: field: message"."""
+    try:
+        return section.model_validate(dict(settings))
+    except ValidationError as e:
+        _, field, message = _first_error(e)
+        raise PlanError(f"{where}: {field}: {message}") from None
+
+
 def validate_plan(mapping: Mapping[str, Any]) -> ObjectPlan:
     """A plan mapping (with `target.kind` set) validated as a plan file is; PlanError "plan: field: message"."""
     try:
@@ -796,6 +849,11 @@ def validate_plan(mapping: Mapping[str, Any]) -> ObjectPlan:
     except ValidationError as e:
         _, field, message = _first_error(e)
         raise PlanError(f"plan: {field}: {message}") from None
+
+
+def _tracking_uri(uri: str, base: Path) -> str:
+    """A tracking URI with a plain folder taken from the plan's folder (a URI with a scheme is left as it is)."""
+    return uri if "://" in uri or Path(uri).is_absolute() else str(base / uri)
 
 
 def _located(section: TargetSection | HttpTargetSection, base: Path) -> TargetSection | HttpTargetSection:

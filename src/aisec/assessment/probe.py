@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aisec.assessment.finding import Provenance
 from aisec.core.errors import CapabilityError
 from aisec.core.progress import NullProgress, Progress
+from aisec.core.tasks import TaskRunner
 from aisec.core.version import __version__
 from aisec.targets.base import Access
 
@@ -48,6 +49,8 @@ class AssessmentContext:
     progress: Progress = field(default_factory=NullProgress)
     training: Training | None = None
     defences: DefencesSection | None = None
+    # Where independent jobs (shadow models, retrained and defended models) run, and the cache a rerun resumes from.
+    tasks: TaskRunner = field(default_factory=TaskRunner)
 
     def provenance(
         self, samples: int, settings: dict[str, Any], *, data: LabelledData | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -27,8 +28,10 @@ from aisec.assessment.probe import AssessmentContext, Probe, Training
 from aisec.assessment.service_controls import side_by_side, stopped_by_service
 from aisec.assessment.subject import load_data
 from aisec.assessment.threat_model import ThreatModel
+from aisec.core.executor import make_executor
 from aisec.core.progress import NullProgress, Progress
 from aisec.core.severity import Severity
+from aisec.core.tasks import TaskCache, TaskRunner
 from aisec.core.user_code import import_callable
 from aisec.core.version import __version__
 from aisec.data.dataset import LabelledData, check_labels
@@ -59,8 +62,10 @@ def run_assessment(
     model_sha256: str | None = None,
     progress: Progress | None = None,
     input_spec_source: str = "plan",
+    tasks: TaskRunner | None = None,
 ) -> Assessment:
-    """Check the data against the model's input spec, run every probe, and return the assessment.
+    """Check the data against the model's input spec, run every probe, and return the assessment. The probes'
+    independent jobs run through `tasks` (default: one after another in this process, nothing cached).
 
     The data is validated, and every probe checks that it can run, before any attack runs: bad input fails
     fast and nothing is spent on it.
@@ -78,6 +83,7 @@ def run_assessment(
         progress=progress or NullProgress(),
         training=training,
         defences=defences,
+        tasks=tasks or TaskRunner(progress=progress or NullProgress()),
     )
     enabled = build_probes(probes)
     for probe in enabled:
@@ -148,18 +154,53 @@ def run_plan(
     plan_path: Path | None = None,
     plan_sha256: str | None = None,
     progress: Progress | None = None,
+    tasks: TaskRunner | None = None,
 ) -> Assessment:
     """Load the plan's target and data (failing on bad input before any attack) and run its probes. With
     `probes.inspection`, the model file is scanned (and its signature verified) before it is loaded
-    (`behind_file_checks`). A served model (`kind: http`) is queried through an HttpTarget, closed after."""
+    (`behind_file_checks`). A served model (`kind: http`) is queried through an HttpTarget, closed after.
+    Independent jobs run through `tasks` (the caller's, e.g. `task_runner(plan, cache)` with a cache a rerun
+    resumes from), else through the plan's executor without a cache."""
+    if tasks is None:
+        with contextlib.closing(task_runner(plan, None, progress)) as own:
+            assessment = _run_plan(plan, own, progress)
+    else:
+        assessment = _run_plan(plan, tasks, progress)
+    return dataclasses.replace(
+        assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
+    )
+
+
+def task_runner(plan: Plan, cache: Path | None, progress: Progress | None) -> TaskRunner:
+    """The plan's executor, the cache under `cache`, and the device its training jobs use: CUDA when Ray gives
+    each task a share of a GPU, else the target's device."""
+    section = plan.executor
+    executor = make_executor(
+        section.kind,
+        workers=section.workers,
+        threads=section.threads,
+        address=section.address,
+        cpus_per_task=section.cpus_per_task,
+        gpus_per_task=section.gpus_per_task,
+    )
+    device = "cuda" if section.gpus_per_task > 0 else getattr(plan.target, "device", "cpu")
+    return TaskRunner(
+        executor,
+        cache=TaskCache(cache) if cache is not None else None,
+        progress=progress or NullProgress(),
+        device=device,
+    )
+
+
+def _run_plan(plan: Plan, tasks: TaskRunner, progress: Progress | None) -> Assessment:
     from aisec.assessment.subject import plan_spec, plan_target
 
     inspection = getattr(plan.probes, "inspection", None)
     section = plan.target
     if inspection is None:
-        assessment = _run_on(section, plan, progress)
+        assessment = _run_on(section, plan, tasks, progress)
         if plan.baseline is not None:  # the same probes against the model without the service's controls
-            bare = _run_on(plan.baseline, plan, progress)
+            bare = _run_on(plan.baseline, plan, tasks, progress)
             comparison = side_by_side(bare, assessment, seed=plan.seed)
             assessment = dataclasses.replace(assessment, findings=(*assessment.findings, comparison))
     else:
@@ -182,15 +223,16 @@ def run_plan(
                 model_source=str(section.path),
                 model_sha256=checks.sha256,
                 progress=progress,
+                tasks=tasks,
             ),
             progress=progress,
         )
-    return dataclasses.replace(
-        assessment, plan_path=str(plan_path) if plan_path else None, plan_sha256=plan_sha256
-    )
+    return assessment
 
 
-def _run_on(section: TargetSection | HttpTargetSection, plan: Plan, progress: Progress | None) -> Assessment:
+def _run_on(
+    section: TargetSection | HttpTargetSection, plan: Plan, tasks: TaskRunner, progress: Progress | None
+) -> Assessment:
     """The plan's probes against the model a target section names: a file loaded (the model first, so a bad
     one fails before the data is read), or a served model queried through an HttpTarget, closed after."""
     from aisec.assessment.subject import http_target, load_target
@@ -199,12 +241,24 @@ def _run_on(section: TargetSection | HttpTargetSection, plan: Plan, progress: Pr
         data = load_data(plan.data, seed=plan.seed)
         with http_target(section) as served:
             return run_plan_on(
-                served, data, plan, model_source=section.url, model_sha256=None, progress=progress
+                served,
+                data,
+                plan,
+                model_source=section.url,
+                model_sha256=None,
+                progress=progress,
+                tasks=tasks,
             )
     target, digest = load_target(section)
     data = load_data(plan.data, seed=plan.seed)
     return run_plan_on(
-        target, data, plan, model_source=str(section.path), model_sha256=digest, progress=progress
+        target,
+        data,
+        plan,
+        model_source=str(section.path),
+        model_sha256=digest,
+        progress=progress,
+        tasks=tasks,
     )
 
 
@@ -275,6 +329,7 @@ def run_plan_on(
     model_sha256: str | None,
     progress: Progress | None = None,
     input_spec_source: str = "plan",
+    tasks: TaskRunner | None = None,
 ) -> Assessment:
     """Run a validated plan's probes, threat model, policy, training and defences on a target and data that
     are already loaded (from the plan's sections, or the objects given to aisec.assess)."""
@@ -296,6 +351,7 @@ def run_plan_on(
         model_sha256=model_sha256,
         progress=progress,
         input_spec_source=input_spec_source,
+        tasks=tasks,
     )
 
 

@@ -7,6 +7,7 @@ Heavy libraries are imported inside commands, so `aisec --help` stays fast. Exit
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,17 @@ from aisec.cli import supply_chain as cli_supply_chain
 from aisec.cli import validate as cli_validate
 from aisec.cli.assessment_output import progress_for, record_assessment, report_formats, summarise
 from aisec.cli.audit import AuditKeyOption, AuditLogOption
+from aisec.cli.scale import (
+    ExecutorOption,
+    MlflowOption,
+    NoCacheOption,
+    RayAddressOption,
+    WorkersOption,
+    report_tasks,
+    task_cache,
+    track,
+    with_overrides,
+)
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
 from aisec.core.version import __version__
@@ -67,25 +79,39 @@ def assess(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     audit_log: AuditLogOption = None,
     audit_key: AuditKeyOption = None,
+    executor: ExecutorOption = None,
+    workers: WorkersOption = None,
+    ray_address: RayAddressOption = None,
+    no_cache: NoCacheOption = False,
+    mlflow: MlflowOption = None,
 ) -> None:
     """Red-team a model as the plan says; exit 1 when a finding breaks the plan's policy."""
 
     def run() -> int:
         formats = report_formats(format)
         from aisec.assessment.plan import load_plan
-        from aisec.assessment.runner import run_plan
+        from aisec.assessment.runner import run_plan, task_runner
         from aisec.cli.audit_trail import AuditTrail
         from aisec.report.writer import write_reports
 
         loaded, digest = load_plan(plan)
+        loaded = with_overrides(
+            loaded, executor=executor, workers=workers, ray_address=ray_address, mlflow=mlflow
+        )
         trail = AuditTrail.open(audit_log, audit_key)
-        with progress_for(quiet) as progress:
-            assessment = run_plan(loaded, plan_path=plan, plan_sha256=digest, progress=progress)
+        with (
+            progress_for(quiet) as progress,
+            closing(task_runner(loaded, task_cache(output, no_cache), progress)) as tasks,
+        ):
+            assessment = run_plan(loaded, plan_path=plan, plan_sha256=digest, progress=progress, tasks=tasks)
         paths = write_reports(assessment, output, formats)
         record_assessment(
             trail, "assess", {"plan": plan, "output": output, "format": formats}, assessment, paths
         )
         summarise(assessment, paths)
+        report_tasks(tasks)
+        if loaded.tracking is not None:
+            track(assessment, paths, loaded)
         return EXIT_OK if assessment.passed else EXIT_POLICY_FAILED
 
     guarded(run)

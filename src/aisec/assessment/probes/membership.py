@@ -40,7 +40,6 @@ from aisec.attacks.inference.membership import (
 from aisec.attacks.inference.roc import Roc
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError
-from aisec.core.executor import InProcessExecutor, LocalProcessExecutor
 from aisec.core.seeding import build_model
 from aisec.core.severity import Severity
 from aisec.defend.robustness.dp_training import fit_with_dp, train_dp
@@ -105,7 +104,6 @@ class MembershipProbe:
         non_members, population = split(context.data, config.records, seed + 1)
         x, y = torch.cat([members.x, non_members.x]), torch.cat([members.y, non_members.y])
         truth = torch.arange(len(x)) < config.records
-        executor = LocalProcessExecutor(config.workers) if config.workers > 1 else InProcessExecutor()
         train_size = min(len(training.data), (len(x) + len(population)) // 2)
 
         def shadows_for(target: Target, fit: Callable[..., nn.Module] | None) -> ShadowModels | None:
@@ -113,11 +111,8 @@ class MembershipProbe:
                 return None
             assert training.model_fn is not None and fit is not None  # check() made sure
             trainer = ShadowTrainer(training.model_fn, fit)
-            with context.progress.task(f"training {config.shadows} shadow models", total=1) as task:
-                models = train_shadows(target, x, y, trainer, population=population, n_shadows=config.shadows,
-                                       train_size=train_size, executor=executor, seed=seed)  # fmt: skip
-                task.advance()
-            return models
+            return train_shadows(target, x, y, trainer, population=population, n_shadows=config.shadows,
+                                 train_size=train_size, tasks=context.tasks, seed=seed)  # fmt: skip
 
         shadows = shadows_for(view, training.fit)
         rows: list[_Row] = []

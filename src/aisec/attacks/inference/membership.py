@@ -14,8 +14,8 @@ in logit space (`scores.logit_score`; a float32 loss ties every confident member
   Membership Inference Attacks", ICML 2024): compares the likelihood ratio Pr(x|theta)/Pr(x) of the record
   with that of population records z; strong with few shadow (reference) models.
 
-Shadow models are independent jobs: `train_shadows` runs them on an `Executor` (in-process by default, a
-process pool or a cluster for more). Every score-based entry point raises CapabilityError before any work
+Shadow models are independent jobs: `train_shadows` runs them through a `TaskRunner` (aisec.core.tasks: in this
+process by default, a process pool or a Ray cluster for more, with a cache that lets a rerun resume). Every score-based entry point raises CapabilityError before any work
 when the target gives labels only.
 """
 
@@ -33,8 +33,8 @@ from torch import nn
 from aisec.attacks.inference.roc import Roc, roc_curve
 from aisec.attacks.inference.scores import TINY_PROBABILITY, logit_score
 from aisec.core.errors import BadInputError, CapabilityError, DataError
-from aisec.core.executor import Executor, InProcessExecutor
 from aisec.core.seeding import build_model
+from aisec.core.tasks import TaskRunner
 from aisec.core.training import evaluating
 from aisec.data.dataset import LabelledData
 from aisec.targets.base import Access, ScoreKind, Target
@@ -88,13 +88,15 @@ class ShadowJob:
     data: LabelledData
     inputs: torch.Tensor
     seed: int
+    device: str = "cpu"
 
 
 def train_shadow(job: ShadowJob) -> torch.Tensor:
-    """Run one ShadowJob (top-level, so that executors can pickle it): logits (len(inputs), classes)."""
-    model = job.trainer.fit(build_model(job.trainer.model_fn, job.seed), job.data, seed=job.seed)
+    """Run one ShadowJob (top-level, so that executors can pickle it): logits (len(inputs), classes) on the CPU."""
+    model = build_model(job.trainer.model_fn, job.seed).to(job.device)
+    model = job.trainer.fit(model, job.data, seed=job.seed)
     with evaluating(model), torch.no_grad():
-        return model(job.inputs).float()
+        return model(job.inputs.to(job.device)).float().cpu()
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def train_shadows(
     n_shadows: int = 16,
     online: bool = True,
     train_size: int | None = None,
-    executor: Executor | None = None,
+    tasks: TaskRunner | None = None,
     seed: int = 0,
 ) -> ShadowModels:
     """Train `n_shadows` models with `trainer` to attack `target` on the records (x, y).
@@ -146,7 +148,8 @@ def train_shadows(
     and the population when `online`, the population alone otherwise (the records are then OUT of every
     model). Membership is balanced as in Carlini et al.: every pool record is IN for the same number of
     models. Each model is then evaluated on the records and on the population. Pick `train_size` equal to
-    the victim's training-set size. Raises before any training when the target gives labels only or the data
+    the victim's training-set size. The models train as jobs of `tasks` (its executor and cache; default: one
+    after another in this process). Raises before any training when the target gives labels only or the data
     does not fit it.
     """
     _require_scores(target, "membership inference")
@@ -172,11 +175,12 @@ def train_shadows(
     keep = torch.rand(n_shadows, len(pool_x), generator=generator).argsort(0) < ins
     seeds = torch.randint(2**31 - 1, (n_shadows,), generator=generator).tolist()
     inputs = x if population is None else torch.cat([x, population.x.detach().cpu()])
+    tasks = tasks or TaskRunner()
     jobs = [
-        ShadowJob(trainer, LabelledData(pool_x[k], pool_y[k], f"shadow {s}"), inputs, seeds[s])
+        ShadowJob(trainer, LabelledData(pool_x[k], pool_y[k], f"shadow {s}"), inputs, seeds[s], tasks.device)
         for s, k in enumerate(keep)
     ]
-    logits = torch.stack((executor or InProcessExecutor()).map(train_shadow, jobs))
+    logits = torch.stack(tasks.map(train_shadow, jobs, what="shadow models"))
     n = len(x)
     members = keep[:, :n] if online else torch.zeros(n_shadows, n, dtype=torch.bool)
     return ShadowModels(

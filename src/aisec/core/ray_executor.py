@@ -1,0 +1,127 @@
+"""Jobs as Ray tasks: the executor for more than one machine (the optional extra `aisec[ray]`).
+
+`RayExecutor.map` submits one task per job (`num_cpus=cpus_per_task`, `num_gpus=gpus_per_task`), at most `workers`
+in flight when `workers` is given, and collects them with `ray.wait` as they finish, so that the caller keeps each
+result at once. Ray places the tasks; aisec only bounds how many run. With `address: local` the executor starts a
+Ray of its own on this machine (`workers` CPUs, no dashboard, usage statistics off) and shuts it down on `close`;
+any other address (`auto`, `host:port`, `ray://host:port`) joins a running cluster, which `close` leaves running.
+A Ray that the caller already started (`ray.init` before the assessment) is used as it is and left to the caller.
+
+The jobs' functions and data travel by Ray's serialiser; the function's module (aisec, and the plan's factory
+and recipe) must be importable on every node.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from aisec.core.errors import BadInputError
+from aisec.core.executor import ExecutorKind, OnResult, run_job
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+LOCAL = "local"
+OBJECT_STORE_BYTES = (
+    256 * 2**20
+)  # a local Ray's object store: jobs and results here are megabytes, not gigabytes
+
+
+def import_ray() -> Any:
+    """The `ray` module, or BadInputError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise BadInputError(
+            "the ray executor needs Ray: pip install 'aisec[ray]' (or choose executor kind in_process or pool)"
+        ) from None
+    return ray
+
+
+class RayExecutor:
+    """Runs the jobs as Ray tasks (see the module's docstring)."""
+
+    kind: ExecutorKind = "ray"
+
+    def __init__(
+        self,
+        *,
+        address: str = LOCAL,
+        workers: int | None = None,
+        threads: int = 1,
+        cpus_per_task: float = 1.0,
+        gpus_per_task: float = 0.0,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise BadInputError(f"workers must be at least 1, got {workers}")
+        if threads < 1:
+            raise BadInputError(f"threads per job must be at least 1, got {threads}")
+        if cpus_per_task < 0 or gpus_per_task < 0:
+            raise BadInputError("cpus_per_task and gpus_per_task must not be negative")
+        self.ray = import_ray()
+        self.address = address
+        self.workers = workers
+        self.threads = threads
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self._started = False
+
+    def _connect(self) -> None:
+        if self.ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        try:
+            if self.address == LOCAL:
+                self.ray.init(
+                    num_cpus=self.workers or os.cpu_count() or 1,
+                    include_dashboard=False,
+                    object_store_memory=OBJECT_STORE_BYTES,
+                    log_to_driver=False,
+                    configure_logging=False,
+                )
+            else:
+                self.ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise BadInputError(f"cannot start or reach Ray at {self.address!r}: {error}") from None
+        self._started = True
+
+    def map(
+        self, fn: Callable[[J], R], jobs: Sequence[J], *, on_result: OnResult[R] | None = None
+    ) -> list[R]:
+        if not jobs:
+            return []
+        self._connect()
+        ray = self.ray
+        remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=2)(run_job)
+        call = functools.partial(remote.remote, fn, self.threads)
+        limit = self.workers or len(jobs)
+        results: dict[int, R] = {}
+        index: dict[Any, int] = {}
+        waiting = iter(enumerate(jobs))
+        try:
+            for i, job in waiting:
+                index[call(job)] = i
+                if len(index) >= limit:
+                    break
+            while index:
+                ready, _ = ray.wait(list(index), num_returns=1)
+                i = index.pop(ready[0])
+                results[i] = ray.get(ready[0])
+                if on_result is not None:
+                    on_result(i, results[i])
+                for j, job in waiting:
+                    index[call(job)] = j
+                    break
+        except BaseException:
+            for ref in index:
+                ray.cancel(ref, force=True)
+            raise
+        return [results[i] for i in range(len(jobs))]
+
+    def close(self) -> None:
+        if self._started:
+            self.ray.shutdown()
+            self._started = False
