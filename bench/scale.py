@@ -11,6 +11,8 @@ Parts (each prints a Markdown table; docs/benchmarks.md records them):
   resume       `aisec assess --executor ray` killed with SIGKILL once some shadow models are cached, then run
                again: how many finished jobs were run twice (the target is none), and the findings against an
                uninterrupted run.
+  resnet       ResNet-18's training FLOPs per CIFAR-10 image (counted) and images per second on this CPU and
+               on CUDA where present: the per-shadow cost that docs/scale.md extrapolates to a GPU cluster.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale.py                  # all parts, about 10 minutes on 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale.py efficiency --repeats 1 --shadows 16    # a quick look
@@ -270,20 +272,102 @@ def resume(args: argparse.Namespace) -> None:
     print(f"\nFindings after the resumed run identical to an uninterrupted run: {'yes' if same else 'NO'}.")
 
 
+# -- resnet: the per-shadow cost the cluster extrapolation in docs/scale.md starts from ------------------------------
+
+
+class BasicBlock(torch.nn.Module):
+    """ResNet's two 3x3 convolutions with a shortcut (He et al. 2016)."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(
+            nn.Conv2d(inputs, outputs, 3, stride, 1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU(inplace=True),
+            nn.Conv2d(outputs, outputs, 3, 1, 1, bias=False), nn.BatchNorm2d(outputs),
+        )  # fmt: skip
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(inputs, outputs, 1, stride, bias=False), nn.BatchNorm2d(outputs))
+            if stride != 1 or inputs != outputs
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def resnet18_cifar(classes: int = 10) -> torch.nn.Module:
+    """ResNet-18 as CIFAR papers use it (a 3x3 stem, no max-pool): 11.2 M parameters."""
+    nn = torch.nn
+    layers: list[nn.Module] = [
+        nn.Conv2d(3, 64, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+    ]
+    channels = 64
+    for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [BasicBlock(channels, width, stride), BasicBlock(width, width, 1)]
+        channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, classes)]
+    return nn.Sequential(*layers)
+
+
+def resnet(args: argparse.Namespace) -> None:
+    """Training throughput of ResNet-18 on CIFAR-shaped batches (random pixels: the cost does not depend on them)
+    on this machine's CPU and, where there is one, on CUDA; and the training FLOPs of one image, counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    batch = 128
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, generator=generator)
+    y = torch.randint(10, (batch,), generator=generator)
+    model = build_model(resnet18_cifar, 0)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+    per_image = counter.get_total_flops() / batch
+    print(f"\n### ResNet-18 (CIFAR-10 shape) training cost, batch {batch}\n")
+    print(
+        f"Training FLOPs per image (forward and backward, counted by torch's FlopCounterMode): {per_image / 1e9:.2f} G"
+    )
+    print("\n| device | threads | images per second, median | steps timed |")
+    print("|---|---|---|---|")
+    for device in devices:
+        net = build_model(resnet18_cifar, 0).to(device)
+        optimiser = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+        xs, ys = x.to(device), y.to(device)
+        rates = []
+        for step in range(args.resnet_steps + 1):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(net(xs), ys).backward()
+            optimiser.step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if step:  # the first step warms up
+                rates.append(batch / (time.perf_counter() - start))
+        print(f"| {device} | {torch.get_num_threads()} | {statistics.median(rates):.1f} | {len(rates)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("parts", nargs="*", default=["identical", "efficiency", "overhead", "resume"])
+    parser.add_argument(
+        "parts", nargs="*", default=["identical", "efficiency", "overhead", "resume", "resnet"]
+    )
     parser.add_argument("--shadows", type=int, default=64, help="shadow models in the efficiency part")
     parser.add_argument("--plan-shadows", type=int, default=16, help="shadow models in the plans")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks in the overhead part")
     parser.add_argument("--kill-after", type=int, nargs="+", default=[3, 8, 12])
+    parser.add_argument("--resnet-steps", type=int, default=5, help="training steps timed in the resnet part")
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts: dict[str, Callable[[argparse.Namespace], None]] = {
-        "identical": identical, "efficiency": efficiency, "overhead": overhead, "resume": resume,
+        "identical": identical, "efficiency": efficiency, "overhead": overhead, "resume": resume, "resnet": resnet,
     }  # fmt: skip
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, ray {import_ray().__version__}")
     for part in args.parts:
