@@ -1,5 +1,6 @@
 """Plans: valid ones load with resolved paths; bad ones name the file, the line and the field."""
 
+import re
 import textwrap
 
 import pytest
@@ -277,3 +278,46 @@ def test_extraction_strategies_include_perturbation(tmp_path):
     text = GOOD.replace("  evasion:", "  extraction: {strategies: [natural, perturbation]}\n  evasion:")
     plan, _ = load_plan(write(tmp_path, text))
     assert plan.probes.extraction.strategies == ("natural", "perturbation")
+
+
+def test_executor_and_tracking_sections(tmp_path):
+    plan, _ = load_plan(write(tmp_path, GOOD))
+    assert (plan.executor.kind, plan.executor.threads, plan.tracking) == ("in_process", 1, None)
+    text = GOOD + (
+        "executor: {kind: ray, address: auto, workers: 8, gpus_per_task: 0.25}\n"
+        "tracking: {mlflow: 'sqlite:///runs/mlflow.db', experiment: digits}\n"
+    )
+    plan, _ = load_plan(write(tmp_path, text))
+    assert (plan.executor.kind, plan.executor.address, plan.executor.workers) == ("ray", "auto", 8)
+    assert plan.executor.gpus_per_task == 0.25
+    assert plan.tracking.mlflow == f"sqlite:///{tmp_path}/runs/mlflow.db"  # beside the plan, as its files are
+    assert plan.tracking.experiment == "digits"
+    absolute = GOOD + "tracking: {mlflow: 'http://127.0.0.1:5000'}\n"
+    assert load_plan(write(tmp_path, absolute))[0].tracking.mlflow == "http://127.0.0.1:5000"
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("executor: {kind: dask}", "executor.kind: Input should be 'in_process', 'pool' or 'ray'"),
+        (
+            "executor: {kind: pool, gpus_per_task: 1}",
+            "gpus_per_task apply to the ray executor only, not pool",
+        ),
+        ("executor: {kind: in_process, workers: 4}", "the in_process executor runs one job at a time"),
+        (
+            "executor: {kind: pool, workers: 0}",
+            "executor.workers: Input should be greater than or equal to 1",
+        ),
+        ("tracking: {mlflow: mlruns}", "'mlruns' is a folder: MLflow's file store"),
+        ("tracking: {experiment: x}", "tracking.mlflow: Field required"),
+    ],
+)
+def test_bad_executor_and_tracking_sections(tmp_path, section, expected):
+    with pytest.raises(PlanError, match=re.escape(expected)):
+        load_plan(write(tmp_path, GOOD + section + "\n"))
+
+
+def test_the_membership_probe_no_longer_takes_workers(tmp_path):
+    with pytest.raises(PlanError, match=r"probes\.membership\.workers: Extra inputs are not permitted"):
+        load_plan(write(tmp_path, PRIVACY.replace("  membership: {}", "  membership: {workers: 2}")))

@@ -109,6 +109,7 @@ def test_a_run_killed_part_way_resumes_without_rerunning_a_finished_job(plan: Pa
     whole = assess(plan, tmp_path / "whole", "--no-cache")
     assert jobs(whole) == (SHADOWS, "in_process", 0)
     assert findings(output) == findings(tmp_path / "whole")
+    assert not (tmp_path / "whole" / "tasks").exists()
     again = assess(plan, output)
     assert jobs(again) == (0, "in_process", SHADOWS)
 
@@ -119,3 +120,20 @@ def _has_ray() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_mlflow_option_logs_the_run_and_its_reports(plan: Path, tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = assess(plan, tmp_path / "out", "--mlflow", uri, "-f", "json,html")
+    assert result.returncode in (0, 1), result.stderr
+    match = re.search(r"MLflow run (\w+) in experiment 'aisec'", result.stderr)
+    assert match, result.stderr
+    run = mlflow.tracking.MlflowClient(tracking_uri=uri).get_run(match[1])
+    assert run.data.params["seed"] == "3" and run.data.params["probes"] == "membership"
+    assert run.data.tags["aisec.rules"] == "AISEC-MIA-001"
+    assert any(name.startswith("AISEC-MIA-001.") for name in run.data.metrics)
+    artefacts = {
+        a.path for a in mlflow.tracking.MlflowClient(tracking_uri=uri).list_artifacts(match[1], "reports")
+    }
+    assert {"reports/report.json", "reports/report.html"} <= artefacts

@@ -585,11 +585,21 @@ class ExecutorSection(_Section):
 
 
 class TrackingSection(_Section):
-    """Where the assessment is logged as an experiment run (docs/scale.md): an MLflow tracking URI (a folder,
-    `sqlite:///mlflow.db`, or an MLflow server on `http(s)://`), and the experiment's name."""
+    """Where the assessment is logged as an experiment run (docs/scale.md): an MLflow tracking URI (a database,
+    `sqlite:///mlflow.db` or `postgresql://...`, or an MLflow server on `http(s)://`), and the experiment's name."""
 
     mlflow: str = Field(min_length=1)
     experiment: str = Field("aisec", min_length=1)
+
+    @field_validator("mlflow")
+    @classmethod
+    def _a_tracking_uri(cls, uri: str) -> str:
+        if "://" not in uri or uri.startswith("file:"):
+            raise ValueError(
+                f"{uri!r} is a folder: MLflow's file store is deprecated and refused; give a database "
+                "(sqlite:///mlflow.db, postgresql://...) or a tracking server (http://...)"
+            )
+        return uri
 
 
 class Plan(_Section):
@@ -852,8 +862,12 @@ def validate_plan(mapping: Mapping[str, Any]) -> ObjectPlan:
 
 
 def _tracking_uri(uri: str, base: Path) -> str:
-    """A tracking URI with a plain folder taken from the plan's folder (a URI with a scheme is left as it is)."""
-    return uri if "://" in uri or Path(uri).is_absolute() else str(base / uri)
+    """A SQLite tracking store with a relative path taken from the plan's folder, as the plan's other files are
+    (`sqlite:///mlflow.db` beside the plan); any other URI as it is."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(base / uri[len(prefix) :])
+    return uri
 
 
 def _located(section: TargetSection | HttpTargetSection, base: Path) -> TargetSection | HttpTargetSection:

@@ -46,7 +46,7 @@ MlflowOption = Annotated[
     str | None,
     typer.Option(
         "--mlflow",
-        help="Log the assessment as an MLflow run to this tracking URI (a folder, sqlite:///mlflow.db, "
+        help="Log the assessment as an MLflow run to this tracking URI (sqlite:///mlflow.db, postgresql://..., "
         "http://...). Overrides the plan's `tracking.mlflow`.",
     ),
 ]

@@ -9,7 +9,7 @@ machine. Three executors ship with aisec: `InProcessExecutor` (one job after ano
 aisec.core.ray_executor; Ray is imported only when it is chosen).
 
 Every executor runs a job with torch limited to `threads` intra-op threads (default 1), set around the job in the
-process that runs it: CPU kernels split their reductions by thread count, so the same job, seed and thread count
+process that runs it (when the job's module has imported torch; the scanner's jobs never import it): CPU kernels split their reductions by thread count, so the same job, seed and thread count
 give bit-identical figures whichever executor ran them.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
@@ -60,7 +61,10 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 
 def run_job(fn: Callable[[J], R], threads: int, job: J) -> R:
-    """`fn(job)` with torch limited to `threads` threads (top-level, so that every executor can ship it)."""
+    """`fn(job)` with torch limited to `threads` threads (top-level, so that every executor can ship it). A job
+    whose module does not import torch (scanning model files) runs without it: torch is not imported for it."""
+    if "torch" not in sys.modules:
+        return fn(job)
     with torch_threads(threads):
         return fn(job)
 

@@ -142,13 +142,7 @@ class TaskCache:
     """Results kept under `folder` by key (see the module's docstring)."""
 
     def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise BadInputError(
-                f"cannot make the task cache {self.folder}: {error.strerror or error}"
-            ) from None
+        self.folder = Path(folder)  # made with the first result: a run refused as bad input leaves nothing
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.pt"
@@ -167,7 +161,12 @@ class TaskCache:
 
     def put(self, key: str, result: Any) -> None:
         path = self.path(key)
-        path.parent.mkdir(exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BadInputError(
+                f"cannot write the task cache {self.folder}: {error.strerror or error}"
+            ) from None
         buffer = io.BytesIO()
         torch.save(result, buffer)
         write_atomic(path, buffer.getvalue())
