@@ -79,6 +79,20 @@ class AssessmentResult:
 
         return write_reports(self.assessment, Path(folder), tuple(formats))
 
+    def log_to_mlflow(self, uri: str, experiment: str = "aisec") -> str:
+        """Log the assessment as a run of `experiment` (created if missing) at MLflow tracking `uri` (e.g.
+        sqlite:///mlflow.db, http://...) and return the run's id, as `aisec assess --mlflow` does
+        (aisec.report.mlflow_run): its reports and model card, written into a temporary folder that is removed
+        after, are the run's artefacts. The result keeps no plan, so the run has the seed and threat model but
+        no probe or executor parameters. Needs mlflow: pip install 'aisec[mlflow]'."""
+        import tempfile
+
+        from aisec.report.mlflow_run import log_assessment
+
+        with tempfile.TemporaryDirectory(prefix="aisec-mlflow-") as folder:
+            paths = self.save(folder)
+            return log_assessment(self.assessment, paths, None, uri=uri, experiment=experiment)
+
     def _repr_html_(self) -> str:
         """The HTML report, in a frame so that its styles stay out of the notebook's."""
         from aisec.report.html import render_html
