@@ -1,8 +1,10 @@
 """Calibration study of the model-inspection backdoor detectors on the backdoor model zoo (tests/backdoor_zoo.py).
 
 For every zoo model (digits CNNs of widths 0.5/1/2 trained 10/20/30 epochs, clean or backdoored by dirty-label
-poisoning with patch or blended triggers at rates 3-10 %), trained once and cached on disk: its clean accuracy
-and the attack success of its trigger on the test digits the defender does not hold, then
+poisoning with patch or blended triggers at rates 3-10 %), trained once as a `TrainJob` through aisec's task
+runner (`--executor in_process|pool|ray`, `--workers`; the weights kept in the task cache `--cache`, so that a
+rerun, or a run cut short, resumes): its clean accuracy and the attack success of its trigger on the test digits
+the defender does not hold, then
 - Neural Cleanse (Wang et al. 2019, "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural
   Networks"), with `--clean-samples` clean test digits: every class's reversed mask norm, the anomaly index,
   norm_ratio, the suspected target and the scan time;
@@ -18,10 +20,13 @@ below 0.8 did not take: it is reported and kept out of the AUCs and detection ra
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/inspection.py --zoo test                # smoke test, 6 models
     OMP_NUM_THREADS=1 .venv/bin/python bench/inspection.py > bench/results/inspect_study.log 2>&1   # the study
+    OMP_NUM_THREADS=1 .venv/bin/python bench/inspection.py --executor pool --workers 8   # the zoo trained on 8 cores
     .venv/bin/python bench/inspection.py --art    # the ART anchor: what ART 1.20.1 offers an inspecting user
     .venv/bin/python bench/inspection.py --rescore bench/results/inspect_study.json   # the summary again
 
-Models are cached under `--cache` (state dicts named by a hash of their spec); a rerun only scans.
+Every model trains with one torch thread whichever executor trains it, so its weights, and the study's figures,
+do not depend on the executor. The training jobs' modules (tests/backdoor_zoo.py) must be importable where they
+run: a pool's workers inherit this script's path; Ray's need tests/ on their PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import copy  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import inspect  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -56,19 +62,68 @@ from backdoor_zoo import (  # noqa: E402
     ZooModel,
     inspection_data,
     poisoned_training_set,
-    train_zoo_model,
+    scaled_cnn,
+    training_set,
 )
 from torch import nn  # noqa: E402
 
 from aisec.attacks.backdoor.success import measure_backdoor  # noqa: E402
 from aisec.core.atomic import write_atomic  # noqa: E402
-from aisec.core.training import accuracy  # noqa: E402
+from aisec.core.executor import make_executor  # noqa: E402
+from aisec.core.progress import LineProgress  # noqa: E402
+from aisec.core.tasks import TaskCache, TaskRunner, task_key  # noqa: E402
+from aisec.core.train_jobs import TrainJob, run_train_job, trained_models  # noqa: E402
+from aisec.core.training import accuracy, fit  # noqa: E402
 from aisec.data.dataset import LabelledData  # noqa: E402
 
 ROOT = BENCH.parent
 TOOK = 0.8  # a backdoor whose attack success stays below this did not take
 INPUT_SHAPE = (1, 8, 8)
 DETECTOR_SEED = 0  # every scan's generator
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def train_job(spec: ZooModel) -> TrainJob:
+    """The spec's model as a job: `scaled_cnn(width)` from spec.seed, trained by `fit` for spec.epochs on
+    `training_set(spec)`, as backdoor_zoo.train_zoo_model trains it."""
+    return TrainJob(
+        functools.partial(scaled_cnn, spec.width),
+        functools.partial(fit, epochs=spec.epochs),
+        training_set(spec),
+        spec.seed,
+    )
+
+
+def task_runner(args: argparse.Namespace) -> TaskRunner:
+    """The runner the zoo trains through: `--executor` with `--workers`, the weights kept under `--cache`."""
+    return TaskRunner(
+        make_executor(args.executor, workers=args.workers),
+        cache=TaskCache(args.cache),
+        progress=LineProgress(sys.stdout),
+    )
+
+
+def train_zoo(specs: Sequence[ZooModel], args: argparse.Namespace) -> tuple[list[nn.Module], dict[str, Any]]:
+    """Every spec's model, trained through the task runner in one batch (cached ones read back), and a record
+    of the training: executor, workers, jobs run and read back, seconds."""
+    runner = task_runner(args)
+    try:
+        seconds, models = timed(
+            lambda: trained_models(runner, [train_job(s) for s in specs], what="zoo models")
+        )
+    finally:
+        runner.close()
+    record = {
+        "executor": args.executor,
+        "workers": args.workers,
+        "trained": runner.executed,
+        "read_back": runner.reused,
+        "seconds": seconds,
+        "cache": str(args.cache),
+    }
+    return models, record
 
 
 # ---------------------------------------------------------------------------------------------- scanning
@@ -130,11 +185,9 @@ def trigger_record(spec: ZooModel) -> dict[str, Any] | None:
 
 
 def study_model(
-    spec: ZooModel, cache: Path, clean: LabelledData, evaluation: LabelledData, detectors: Sequence[str]
+    spec: ZooModel, model: nn.Module, clean: LabelledData, evaluation: LabelledData, detectors: Sequence[str]
 ) -> dict[str, Any]:
-    """Train (or load) one zoo model and run every detector on it: the JSON record of the model."""
-    cached = (cache / f"{spec.key}.pt").is_file()
-    train_s, model = timed(lambda: train_zoo_model(spec, cache))
+    """Every detector run on one trained zoo model: the JSON record of the model."""
     record: dict[str, Any] = {
         "name": spec.name,
         "seed": spec.seed,
@@ -144,8 +197,7 @@ def study_model(
         "trigger": trigger_record(spec),
         "target": spec.target,
         "rate": spec.rate,
-        "cache_key": spec.key,
-        "train_seconds": None if cached else train_s,
+        "task_key": task_key(run_train_job, train_job(spec)),
         "clean_accuracy": accuracy(model, evaluation),
         "attack_success": None,
         "took": None,
@@ -442,8 +494,10 @@ def run_study(args: argparse.Namespace) -> None:
         flush=True,
     )
     start = time.perf_counter()
-    for spec in zoo:
-        record = study_model(spec, args.cache, clean, evaluation, detectors)
+    models, document["training"] = train_zoo(zoo, args)
+    write_json(args.out, document)
+    for spec, model in zip(zoo, models, strict=True):
+        record = study_model(spec, model, clean, evaluation, detectors)
         document["models"].append(record)
         write_json(args.out, document)
         print(model_line(record), flush=True)
@@ -492,7 +546,7 @@ def run_art(args: argparse.Namespace) -> None:
     zoo = STUDY_ZOO if args.zoo == "study" else TEST_ZOO
     spec = next(s for s in zoo if s.backdoored)
     assert spec.trigger is not None and spec.target is not None
-    model = train_zoo_model(spec, args.cache)
+    (model,), _ = train_zoo([spec], args)
     clean, evaluation = inspection_data(args.clean_samples)
     print(f"ART {art.__version__} on zoo model {spec.name}\n")
 
@@ -549,7 +603,19 @@ def run_art(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", choices=("study", "test"), default="study")
-    parser.add_argument("--cache", type=Path, default=ROOT / "bench/results/cache/inspect_zoo")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=ROOT / "bench/results/cache/inspect_zoo",
+        help="the task cache: every trained model's weights, read back by a rerun",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("in_process", "pool", "ray"),
+        default="in_process",
+        help="where the zoo trains: here, a pool of processes on this machine, or a Ray started for the run",
+    )
+    parser.add_argument("--workers", type=int, help="models trained at once (default: one per CPU core)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/inspect_study.json")
     parser.add_argument("--clean-samples", type=int, default=300)
     parser.add_argument(
@@ -586,6 +652,8 @@ def main() -> None:
     unknown = set(args.detectors.split(",")) - set(SCANS)
     if unknown:
         parser.error(f"unknown detectors {sorted(unknown)}; choose from {sorted(SCANS)}")
+    if args.workers is not None and (args.workers < 1 or args.executor == "in_process"):
+        parser.error("--workers: a positive count, with --executor pool or ray")
     torch.set_num_threads(1)
     (run_art if args.art else run_study)(args)
 

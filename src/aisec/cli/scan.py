@@ -4,7 +4,9 @@
 (`supply_chain.scan`) checks its options and calls the same `run_scan`. `parse` accepts only plain lines
 (options spelled out, each value a separate non-empty word or after `--name=`) and leaves everything else
 to typer: `--help`, an unknown option, a missing or bad value, `--`, combined short options. So typer's
-messages and exit codes stay the only ones, and a line means the same on both paths.
+messages and exit codes stay the only ones, and a line means the same on both paths. `--executor`,
+`--workers` and `--ray-address` (where the files are scanned, docs/scale.md) are checked together by
+`scan_executor` on both paths: a choice that does not fit is one line of error, exit 2.
 
 rich is imported only where it would change what is printed: a terminal (colours), the table of findings,
 and text rich would restyle (markup, emoji codes, control characters) or wrap.
@@ -16,16 +18,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from aisec.cli import support
-from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED
+from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 
 if TYPE_CHECKING:
+    from aisec.core.executor import Executor, ExecutorKind
     from aisec.defend.supply_chain.result import FileScan, ScanReport
 
 FORMATS = ("text", "json", "sarif")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
+EXECUTORS = ("in_process", "pool", "ray")
 VERDICT_STYLE = {"safe": "green", "suspicious": "yellow", "error": "magenta", "unsafe": "red"}
 _FLAGS = {"-q": "quiet", "--quiet": "quiet", "--no-hash": "no_hash"}
 _VALUES = {
@@ -36,6 +40,9 @@ _VALUES = {
     "--fail-on": "fail_on",
     "--audit-log": "audit_log",
     "--audit-key": "audit_key",
+    "--executor": "executor",
+    "--workers": "workers",
+    "--ray-address": "ray_address",
 }
 
 
@@ -52,6 +59,9 @@ class ScanOptions:
     no_hash: bool = False
     audit_log: str | None = None  # the tamper-evident log this run is appended to (AISEC_AUDIT_LOG otherwise)
     audit_key: Path | None = None  # its signing key (AISEC_AUDIT_KEY otherwise)
+    executor: str | None = None  # where the files are scanned: in_process (the default), pool or ray
+    workers: int | None = None
+    ray_address: str | None = None
 
 
 def parse(args: list[str]) -> ScanOptions | None:
@@ -78,10 +88,36 @@ def parse(args: list[str]) -> ScanOptions | None:
         or given.get("fail_on", "info") not in SEVERITIES
     ):
         return None
+    if "workers" in given:
+        if not (given["workers"].isascii() and given["workers"].isdecimal() and int(given["workers"]) >= 1):
+            return None  # typer says what is wrong with it, or reads it as click does ("+2", " 2")
+        given["workers"] = int(given["workers"])
     for key in ("json_out", "sarif_out", "audit_key"):
         if key in given:
             given[key] = Path(given[key])
     return ScanOptions(tuple(paths), **given)
+
+
+def scan_executor(options: ScanOptions) -> Executor | None:
+    """The executor `--executor`, `--workers` and `--ray-address` ask for, checked as a plan's `executor` section
+    is (BadInputError); None for this process, the default."""
+    kind = "in_process" if options.executor is None else options.executor
+    if kind not in EXECUTORS:
+        raise BadInputError(f"--executor {kind!r}: choose in_process, pool or ray")
+    if options.ray_address is not None and kind != "ray":
+        raise BadInputError(f"--ray-address applies to --executor ray only, not {kind}")
+    if options.ray_address == "":
+        raise BadInputError("--ray-address is empty: give local, auto, host:port or ray://host:port")
+    if kind == "in_process":
+        if options.workers not in (None, 1):
+            raise BadInputError(
+                "--workers: the in_process executor scans one file at a time; use --executor pool"
+            )
+        return None
+    from aisec.core.executor import make_executor
+
+    address = "local" if options.ray_address is None else options.ray_address
+    return make_executor(cast("ExecutorKind", kind), workers=options.workers, address=address)
 
 
 def run_scan(options: ScanOptions) -> int:
@@ -98,8 +134,15 @@ def run_scan(options: ScanOptions) -> int:
 
     from aisec.cli.audit_trail import AuditTrail
 
-    trail = AuditTrail.open(options.audit_log, options.audit_key)
-    report = scan_paths(options.paths, on_file=progress, hash_content=not options.no_hash)
+    executor = scan_executor(options)
+    try:
+        trail = AuditTrail.open(options.audit_log, options.audit_key)
+        report = scan_paths(
+            options.paths, on_file=progress, hash_content=not options.no_hash, executor=executor
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     written: dict[str, Path] = {}
     for out_path, kind in ((options.json_out, "json"), (options.sarif_out, "sarif")):
         if out_path is not None:

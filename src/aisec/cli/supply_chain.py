@@ -14,12 +14,23 @@ import typer
 
 from aisec.cli.audit import AuditKeyOption, AuditLogOption
 from aisec.cli.audit_trail import AuditTrail
+from aisec.cli.scale import RayAddressOption, WorkersOption
 from aisec.cli.scan import FORMATS, SEVERITIES, ScanOptions, run_scan
 from aisec.cli.support import console, guarded, plain
 from aisec.core.errors import EXIT_OK, EXIT_POLICY_FAILED, BadInputError
 
 if TYPE_CHECKING:
     from aisec.defend.supply_chain.bom import DatasetRef
+
+ScanExecutorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="Where the files are scanned: in_process (here, the default), pool (processes on this machine) or "
+        "ray. A scan too small to repay starting workers (under 2,000 files and 1 GiB) runs here whatever "
+        "the choice.",
+    ),
+]
 
 
 def scan(
@@ -46,6 +57,9 @@ def scan(
     ] = False,
     audit_log: AuditLogOption = None,
     audit_key: AuditKeyOption = None,
+    executor: ScanExecutorOption = None,
+    workers: WorkersOption = None,
+    ray_address: RayAddressOption = None,
 ) -> None:
     """Is this file safe to load? Static analysis of model files, executing nothing from them."""
     if format not in FORMATS:
@@ -53,7 +67,18 @@ def scan(
     if fail_on is not None and fail_on not in SEVERITIES:
         raise typer.BadParameter(f"choose one of {', '.join(SEVERITIES)}", param_hint="--fail-on")
     options = ScanOptions(
-        tuple(paths), format, json_out, sarif_out, fail_on, quiet, no_hash, audit_log, audit_key
+        tuple(paths),
+        format,
+        json_out,
+        sarif_out,
+        fail_on,
+        quiet,
+        no_hash,
+        audit_log,
+        audit_key,
+        executor=executor,
+        workers=workers,
+        ray_address=ray_address,
     )
     guarded(lambda: run_scan(options))
 

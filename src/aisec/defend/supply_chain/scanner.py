@@ -4,6 +4,10 @@ A file is memory-mapped (tensor payloads are never read, except by the hash), it
 its bytes, and the format's scanner run under the scan's limits. Whatever goes wrong inside a scanner
 (a parse error, a limit, a bug) becomes a finding that keeps the file from being reported safe. The
 sha256 is computed on a second thread (hashlib releases the GIL), overlapping the analysis.
+
+Many files can be scanned on an executor (aisec.core.executor: a pool of processes, Ray), in jobs of consecutive
+files (`ScanJob`, `scan_job`); the report, and the order in which `on_file` sees the files, are those of the scan
+in this process. A scan too small to repay starting workers (`worth_spreading`) runs here whatever the executor.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aisec.core.errors import BadInputError
 from aisec.defend.supply_chain.context import Budget, LimitExceeded, ScanContext, Unparseable
@@ -31,8 +36,11 @@ from aisec.defend.supply_chain.formats import (
     safetensors,
     sevenzip,
 )
-from aisec.defend.supply_chain.limits import MIB, ScanLimits
+from aisec.defend.supply_chain.limits import GIB, MIB, ScanLimits
 from aisec.defend.supply_chain.result import FileScan, ScanFinding, ScanReport
+
+if TYPE_CHECKING:
+    from aisec.core.executor import Executor
 
 FormatScanner = Callable[[memoryview, ScanContext], "str | None"]
 
@@ -189,22 +197,126 @@ def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, 
                     yield full, str(full)
 
 
+# When a scan goes to an executor's workers: from this many files, or bytes, on. Measured on 2 cores: a pool of
+# two spawned workers starts in about 0.1-0.3 s (they import aisec's scanner, never torch), this process scans a
+# small model file in 0.2 ms and hashes 1.5 GB/s. Small pickles, sequential against a pool of two: 1,000 files
+# 0.19 s against 0.21 s, 2,000 files 0.38 s against 0.29-0.34 s, 3,000 files 0.57 s against 0.43 s. A
+# pre-commit hook or a model's folder never pays for a pool; a model hub or a folder of checkpoint shards does.
+SPREAD_MIN_FILES = 2_000
+SPREAD_MIN_BYTES = 1 * GIB
+# A job holds consecutive files, up to this many or this many bytes (a bigger file alone): small files travel
+# in batches, so that shipping a job (about 1 ms) costs little beside scanning it, and big files one by one,
+# so that their hashes spread over the workers.
+JOB_FILES = 64
+JOB_BYTES = 256 * MIB
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """Consecutive files to scan on an executor's worker, each with the label it is reported under, and the
+    scan's options."""
+
+    files: tuple[tuple[Path, str], ...]
+    limits: ScanLimits
+    hash_content: bool
+
+
+def scan_job(job: ScanJob) -> tuple[FileScan, ...]:
+    """`scan_file` of each of a job's files (top level, so that any executor can ship it)."""
+    return tuple(
+        scan_file(path, job.limits, display=label, hash_content=job.hash_content) for path, label in job.files
+    )
+
+
+def worth_spreading(sizes: Sequence[int]) -> bool:
+    """Whether scanning files of these sizes on an executor's workers repays starting them (SPREAD_MIN_FILES,
+    SPREAD_MIN_BYTES)."""
+    return len(sizes) >= 2 and (len(sizes) >= SPREAD_MIN_FILES or sum(sizes) >= SPREAD_MIN_BYTES)
+
+
+def _jobs(
+    found: Sequence[tuple[Path, str]], sizes: Sequence[int], limits: ScanLimits, hash_content: bool
+) -> list[ScanJob]:
+    """The files in order, cut into jobs of at most JOB_FILES files or (but for a bigger file alone) JOB_BYTES."""
+    jobs: list[ScanJob] = []
+    batch: list[tuple[Path, str]] = []
+    held = 0
+    for item, size in zip(found, sizes, strict=True):
+        if batch and (len(batch) == JOB_FILES or held + size > JOB_BYTES):
+            jobs.append(ScanJob(tuple(batch), limits, hash_content))
+            batch, held = [], 0
+        batch.append(item)
+        held += size
+    if batch:
+        jobs.append(ScanJob(tuple(batch), limits, hash_content))
+    return jobs
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # the scan itself says what is wrong with the file
+        return 0
+
+
 def scan_paths(
     paths: Iterable[str | os.PathLike[str]],
     limits: ScanLimits | None = None,
     on_file: Callable[[FileScan], Any] | None = None,
     hash_content: bool = True,
+    executor: Executor | None = None,
 ) -> ScanReport:
-    """Scan every file under `paths`; `on_file` is called after each (progress display)."""
+    """Scan every file under `paths`; `on_file` is called after each, in order (progress display). With an
+    `executor` other than in-process, a scan that is `worth_spreading` runs on its workers, in jobs of
+    consecutive files; the report is the same."""
     from aisec.core.version import __version__
 
     limits = limits or ScanLimits()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     started = time.perf_counter()
+    if executor is None or executor.kind == "in_process":
+        files = _scan_here(iter_files(paths), limits, hash_content, on_file)
+    else:
+        found = list(iter_files(paths))
+        sizes = [_size(path) for path, _ in found]
+        if worth_spreading(sizes):
+            files = _scan_on(executor, _jobs(found, sizes, limits, hash_content), on_file)
+        else:
+            files = _scan_here(found, limits, hash_content, on_file)
+    return ScanReport(files, __version__, started_at, time.perf_counter() - started, limits.as_dict())
+
+
+def _scan_here(
+    found: Iterable[tuple[Path, str]],
+    limits: ScanLimits,
+    hash_content: bool,
+    on_file: Callable[[FileScan], Any] | None,
+) -> tuple[FileScan, ...]:
+    """The files scanned one after another in this process, `on_file` called after each."""
     files = []
-    for path, label in iter_files(paths):
+    for path, label in found:
         result = scan_file(path, limits, display=label, hash_content=hash_content)
         files.append(result)
         if on_file is not None:
             on_file(result)
-    return ScanReport(tuple(files), __version__, started_at, time.perf_counter() - started, limits.as_dict())
+    return tuple(files)
+
+
+def _scan_on(
+    executor: Executor, jobs: list[ScanJob], on_file: Callable[[FileScan], Any] | None
+) -> tuple[FileScan, ...]:
+    """Every job's files scanned on `executor`, in order; `on_file` gets each file in that order, as soon as the
+    jobs before its own are done."""
+    finished: dict[int, tuple[FileScan, ...]] = {}
+    shown = 0
+
+    def on_result(index: int, scans: tuple[FileScan, ...]) -> None:
+        nonlocal shown
+        finished[index] = scans
+        while shown in finished:
+            for scan in finished.pop(shown):
+                if on_file is not None:
+                    on_file(scan)
+            shown += 1
+
+    return tuple(scan for scans in executor.map(scan_job, jobs, on_result=on_result) for scan in scans)
