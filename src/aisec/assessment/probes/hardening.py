@@ -19,7 +19,9 @@ from __future__ import annotations
 import io
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -40,8 +42,15 @@ from aisec.assessment.stats import wilson
 from aisec.core.errors import BadInputError
 from aisec.core.seeding import build_model, draw_seed
 from aisec.core.severity import Severity
-from aisec.core.training import TrainingConfig
+from aisec.core.training import TrainingConfig, train
 from aisec.data.dataset import LabelledData
+from aisec.defend.data_quality.null_labelling import (
+    NullLabellingConfig,
+    train_null_labelling,
+    with_null_class,
+)
+from aisec.defend.robustness.adversarial_training import AdversarialTrainingConfig, adversarial_train
+from aisec.defend.robustness.certification.bounds import train_ibp
 from aisec.targets.base import Target
 from aisec.targets.torch_target import TorchTarget
 
@@ -90,8 +99,6 @@ def check_hardening(context: AssessmentContext) -> None:
 
         check_supported(target.module)
     if defences.null_labelling is not None:
-        from aisec.defend.data_quality.null_labelling import with_null_class
-
         assert context.training is not None and context.training.model_fn is not None
         with_null_class(build_model(context.training.model_fn, 0))
 
@@ -99,32 +106,241 @@ def check_hardening(context: AssessmentContext) -> None:
 def hardening_findings(
     context: AssessmentContext, config: EvasionProbeSection, undefended: Evaluation
 ) -> list[Finding]:
-    """The findings AISEC-ROB-001 to -005 for the controls the plan asks for, in that order."""
+    """The findings AISEC-ROB-001 to -005 for the controls the plan asks for, in that order. Every model the
+    controls train is one job of a single batch through `context.tasks`, so that an executor trains them in
+    parallel and a rerun reads them back from the task cache; each is then attacked here."""
     defences = _defences(context)
     assert isinstance(context.target, TorchTarget)
     x, y = context.data.x.to(context.target.device), context.data.y.to(context.target.device)
     seeds = torch.Generator().manual_seed(context.seed + 12)
+    sections = _unique_labels(defences.adversarial_training)
+    hardening_seeds = [draw_seed(seeds) for _ in sections]
+    certifies = defences.certification is not None or defences.randomized_smoothing is not None
+    certified_seed = draw_seed(seeds) if certifies else 0
+    detector_seed = draw_seed(seeds) if defences.input_detectors else 0
+    null_seed = draw_seed(seeds) if defences.null_labelling is not None else 0
+    trained = _trained(context, _training_jobs(context, hardening_seeds, certified_seed, null_seed))
     hardened = [
-        _harden(context, config, section, draw_seed(seeds), x, y)
-        for section in _unique_labels(defences.adversarial_training)
+        _harden(context, config, section, trained[f"adversarial_training[{i}]"], x, y)
+        for i, section in enumerate(sections)
     ]
     findings = []
     if hardened:
-        findings.append(_hardened_finding(context, undefended, hardened, x))
-    if defences.certification is not None or defences.randomized_smoothing is not None:
-        findings.append(_certified_finding(context, undefended, hardened, x, y, draw_seed(seeds)))
+        findings.append(_hardened_finding(context, undefended, hardened, x, trained))
+    if certifies:
+        findings.append(_certified_finding(context, undefended, hardened, x, y, certified_seed, trained))
     if defences.input_detectors:
-        findings.append(_detector_finding(context, undefended, x, y, draw_seed(seeds)))
+        findings.append(_detector_finding(context, undefended, x, y, detector_seed))
     if defences.input_transforms:
         findings.append(_transform_finding(context, config, undefended, x, y))
     if defences.null_labelling is not None:
-        findings.append(_null_finding(context, x, y, draw_seed(seeds)))
+        findings.append(_null_finding(context, x, y, null_seed, trained))
     return findings
 
 
 def _defences(context: AssessmentContext) -> DefencesSection:
     assert context.defences is not None
     return context.defences
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the controls' models: one batch of jobs through the assessment's task runner
+
+
+@dataclass(frozen=True)
+class DefenceJob:
+    """One model a control trains: `fit(build_model(model_fn, seed) on device, data, seed=seed)`, a recipe that
+    returns the trained model and a note for the report (the overfitting guard's sentence, or ""). The fields
+    of `aisec.core.train_jobs.TrainJob`, whose recipe returns the model alone."""
+
+    model_fn: Callable[[], nn.Module]
+    fit: Callable[..., tuple[nn.Module, str]]
+    data: LabelledData
+    seed: int
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A control's model as its job left it (evaluation mode, on the CPU), the wall seconds its recipe took
+    where the job ran (read back from the task cache for a job an earlier run finished), and its note."""
+
+    model: nn.Module
+    seconds: float
+    note: str
+
+
+def train_defence(job: DefenceJob) -> dict[str, Any]:
+    """Train one job's model (top-level, so that executors can ship it): its weights on the CPU, the seconds
+    of its recipe, and the recipe's note."""
+    model = build_model(job.model_fn, job.seed).to(job.device)
+    start = time.perf_counter()
+    trained, note = job.fit(model, job.data, seed=job.seed)
+    seconds = time.perf_counter() - start
+    state = {name: value.detach().cpu() for name, value in trained.state_dict().items()}
+    return {"state": state, "seconds": seconds, "note": note}
+
+
+def _trained(context: AssessmentContext, jobs: dict[str, DefenceJob]) -> dict[str, Trained]:
+    """Every job's model by name, trained through `context.tasks` in one batch."""
+    results = context.tasks.map(train_defence, list(jobs.values()), what="training the defended models")
+    trained = {}
+    for (name, job), result in zip(jobs.items(), results, strict=True):
+        model = build_model(job.model_fn, job.seed)
+        model.load_state_dict(result["state"])
+        trained[name] = Trained(model.eval(), float(result["seconds"]), str(result["note"]))
+    return trained
+
+
+def _training_jobs(
+    context: AssessmentContext, hardening_seeds: list[int], certified_seed: int, null_seed: int
+) -> dict[str, DefenceJob]:
+    """The jobs of every control that trains, by name: each adversarially trained model, plain training at
+    each of their settings (the yardstick of their cost), the noise-trained base model of randomised
+    smoothing, and NULL labelling's three models (NULL-labelled and plain on the defender's half, the
+    substitute on the attacker's)."""
+    defences = _defences(context)
+    if not defences.retrains:
+        return {}
+    training = _training(context)
+    factory, data, device = training.model_fn, training.data, context.tasks.device
+    assert factory is not None
+    lower, upper = _bounds(context.target, data.x)
+    jobs = {}
+    for i, (section, seed) in enumerate(zip(defences.adversarial_training, hardening_seeds, strict=True)):
+        fit = (
+            partial(_fit_ibp, eps=section.eps, training=_config(section), lower=lower, upper=upper)
+            if section.method == "ibp"
+            else partial(
+                _fit_adversarial,
+                config=AdversarialTrainingConfig(
+                    method=section.method, eps=section.eps, steps=section.steps, beta=section.beta
+                ),
+                training=_config(section),
+                lower=lower,
+                upper=upper,
+            )
+        )
+        jobs[f"adversarial_training[{i}]"] = DefenceJob(factory, fit, data, seed, device)
+    for section in defences.adversarial_training:
+        fit = partial(_fit_plain, training=_config(section))
+        jobs[f"plain training ({_config_key(section)})"] = DefenceJob(
+            factory, fit, data, context.seed, device
+        )
+    smoothing = defences.randomized_smoothing
+    if smoothing is not None:
+        fit = partial(_fit_noise, sigma=smoothing.sigma, training=_config(smoothing))
+        jobs["randomized_smoothing"] = DefenceJob(factory, fit, data, certified_seed, device)
+    null = defences.null_labelling
+    if null is not None:
+        defender, attacker = _null_halves(training, null_seed)
+        low, high = _scalar_bounds(context.target)
+        plain = partial(_fit_plain, training=_config(null))
+        fit = partial(
+            _fit_null,
+            factory=factory,
+            config=NullLabellingConfig(eps=null.eps),
+            training=_config(null),
+            lower=low,
+            upper=high,
+        )
+        jobs["null_labelling"] = DefenceJob(
+            partial(_with_null_output, factory), fit, defender, null_seed, device
+        )
+        jobs["null_labelling plain"] = DefenceJob(factory, plain, defender, null_seed, device)
+        jobs["null_labelling substitute"] = DefenceJob(factory, plain, attacker, null_seed + 1, device)
+    return jobs
+
+
+def _fit_plain(
+    model: nn.Module, data: LabelledData, *, seed: int, training: TrainingConfig
+) -> tuple[nn.Module, str]:
+    """Plain training with aisec's loop."""
+    return train(model, data, training, generator=torch.Generator().manual_seed(seed)).model, ""
+
+
+def _fit_adversarial(
+    model: nn.Module,
+    data: LabelledData,
+    *,
+    seed: int,
+    config: AdversarialTrainingConfig,
+    training: TrainingConfig,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+) -> tuple[nn.Module, str]:
+    """PGD-AT, TRADES or fast AT, with the catastrophic-overfitting guard's report as the note."""
+    result = adversarial_train(
+        model,
+        data,
+        config,
+        training,
+        lower=lower,
+        upper=upper,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return result.model, result.guard.message if result.guard is not None else ""
+
+
+def _fit_ibp(
+    model: nn.Module,
+    data: LabelledData,
+    *,
+    seed: int,
+    eps: float,
+    training: TrainingConfig,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+) -> tuple[nn.Module, str]:
+    """IBP training (Gowal et al. 2019)."""
+    generator = torch.Generator().manual_seed(seed)
+    return train_ibp(model, data, eps, training, lower=lower, upper=upper, generator=generator).model, ""
+
+
+def _fit_noise(
+    model: nn.Module, data: LabelledData, *, seed: int, sigma: float, training: TrainingConfig
+) -> tuple[nn.Module, str]:
+    """Training with Gaussian noise, the base model of randomised smoothing (Cohen et al. 2019)."""
+    from aisec.defend.robustness.certification.smoothing import train_with_noise  # scipy: imported when used
+
+    generator = torch.Generator().manual_seed(seed)
+    return train_with_noise(model, data, sigma, training, generator=generator).model, ""
+
+
+def _with_null_output(factory: Callable[[], nn.Module]) -> nn.Module:
+    """The factory's model with NULL labelling's extra output: the architecture of its trained model."""
+    return with_null_class(factory())
+
+
+def _fit_null(
+    model: nn.Module,
+    data: LabelledData,
+    *,
+    seed: int,
+    factory: Callable[[], nn.Module],
+    config: NullLabellingConfig,
+    training: TrainingConfig,
+    lower: float,
+    upper: float,
+) -> tuple[nn.Module, str]:
+    """NULL labelling (Hosseini et al. 2017). It adds the NULL output to an untrained model itself, so it starts
+    from the factory's model of the same seed: `model` (that model with a zero NULL output) gives the device."""
+    device = next(model.parameters()).device
+    result = train_null_labelling(
+        build_model(factory, seed).to(device),
+        data,
+        config,
+        training,
+        lower=lower,
+        upper=upper,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return result.model, ""
+
+
+def _null_halves(training: Training, seed: int) -> tuple[LabelledData, LabelledData]:
+    """NULL labelling's split of the training set: the defender's half and the attacker's."""
+    return split(training.data, len(training.data) // 2, seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,61 +379,27 @@ def _harden(
     context: AssessmentContext,
     config: EvasionProbeSection,
     labelled: tuple[str, AdversarialTrainingSection],
-    seed: int,
+    trained: Trained,
     x: torch.Tensor,
     y: torch.Tensor,
 ) -> Hardened:
-    label, section = labelled
-    training = _training(context)
-    lower, upper = _bounds(context.target, training.data.x)
-    model = build_model(training.model_fn, seed)  # type: ignore[arg-type]
-    generator = torch.Generator().manual_seed(seed)
-    with context.progress.task(f"training {label}", total=1) as task:
-        if section.method == "ibp":
-            from aisec.defend.robustness.certification.bounds import train_ibp
-
-            t0 = time.perf_counter()
-            trained = train_ibp(
-                model,
-                training.data,
-                section.eps,
-                _config(section),
-                lower=lower,
-                upper=upper,
-                generator=generator,
-            ).model
-            seconds, note = time.perf_counter() - t0, ""
-        else:
-            from aisec.defend.robustness.adversarial_training import (
-                AdversarialTrainingConfig,
-                adversarial_train,
-            )
-
-            result = adversarial_train(
-                model,
-                training.data,
-                AdversarialTrainingConfig(
-                    method=section.method, eps=section.eps, steps=section.steps, beta=section.beta
-                ),
-                _config(section),
-                lower=lower,
-                upper=upper,
-                generator=generator,
-            )
-            trained, seconds = result.model, result.seconds
-            note = result.guard.message if result.guard is not None else ""
-        task.advance()
-    trained = trained.to(context.target.device).eval()
-    target = TorchTarget(trained, context.target.spec)
+    """The evasion probe's evaluation of one adversarially trained model."""
     from aisec.assessment.probes.evasion import attacker_view
 
-    view, _ = attacker_view(target, context.threat_model.knowledge)
+    label, section = labelled
+    model = trained.model.to(context.target.device).eval()
+    view, _ = attacker_view(TorchTarget(model, context.target.spec), context.threat_model.knowledge)
     evaluation = evaluate(view, x, y, config, context, label=label)
-    return Hardened(label, section, trained, seconds, evaluation, _model_file(label, trained, section), note)
+    file = _model_file(label, model, section)
+    return Hardened(label, section, model, trained.seconds, evaluation, file, trained.note)
 
 
 def _hardened_finding(
-    context: AssessmentContext, undefended: Evaluation, hardened: list[Hardened], x: torch.Tensor
+    context: AssessmentContext,
+    undefended: Evaluation,
+    hardened: list[Hardened],
+    x: torch.Tensor,
+    trained: dict[str, Trained],
 ) -> Finding:
     tm = context.threat_model
     trained_at = [h.section.eps for h in hardened if h.section.eps in tm.budgets]
@@ -225,7 +407,12 @@ def _hardened_finding(
     ref = max(trained_at) if trained_at else reference_budget(tm.budgets, context.policy)
     n = len(x)
     training = _training(context)
-    plain_seconds = _plain_training_seconds(context, training, {h.section for h in hardened})
+    # the yardstick of their cost: plain training with aisec's loop at each of their settings (the user's own
+    # recipe is not timed by the assessment)
+    plain_seconds = {
+        _config_key(h.section): trained[f"plain training ({_config_key(h.section)})"].seconds
+        for h in hardened
+    }
     base_latency = _latency(_module(context.target), x)
     columns = (
         "model",
@@ -391,25 +578,6 @@ def _clean(evaluation: Evaluation, n: int) -> Estimate:
     return wilson(int(evaluation.cascade.clean_correct.sum()), n)
 
 
-def _plain_training_seconds(
-    context: AssessmentContext, training: Training, sections: set[DefenceTrainingSection]
-) -> dict[str, float]:
-    """Seconds of plain training with aisec's loop for each training setting the defences use: the yardstick
-    of their training cost (the user's own recipe is not timed by the assessment)."""
-    from aisec.core.training import train
-
-    seconds = {}
-    for section in sections:
-        key = _config_key(section)
-        if key in seconds:
-            continue
-        model = build_model(training.model_fn, context.seed)  # type: ignore[arg-type]
-        t0 = time.perf_counter()
-        train(model, training.data, _config(section), generator=torch.Generator().manual_seed(context.seed))
-        seconds[key] = time.perf_counter() - t0
-    return seconds
-
-
 def _latency(module: nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
     """Median seconds of one forward pass over `x` without gradients."""
     times = []
@@ -432,6 +600,7 @@ def _certified_finding(
     x: torch.Tensor,
     y: torch.Tensor,
     seed: int,
+    trained: dict[str, Trained],
 ) -> Finding:
     defences = _defences(context)
     tm = context.threat_model
@@ -493,7 +662,7 @@ def _certified_finding(
             "attack found broken but no proof covers."
         )
     if defences.randomized_smoothing is not None:
-        table, metric, note, file = _smoothing(context, x, y, seed)
+        table, metric, note, file = _smoothing(context, trained["randomized_smoothing"].model, x, y, seed)
         tables.append(table)
         metrics.append(metric)
         notes.append(note)
@@ -524,21 +693,13 @@ def _certified_finding(
 
 
 def _smoothing(
-    context: AssessmentContext, x: torch.Tensor, y: torch.Tensor, seed: int
+    context: AssessmentContext, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int
 ) -> tuple[Table, Metric, str, ModelFile]:
-    """A model trained with Gaussian noise, certified by randomised smoothing (Cohen et al. 2019)."""
-    from aisec.defend.robustness.certification.smoothing import smoothing_certify, train_with_noise
+    """The model trained with Gaussian noise, certified by randomised smoothing (Cohen et al. 2019)."""
+    from aisec.defend.robustness.certification.smoothing import smoothing_certify
 
     section = _defences(context).randomized_smoothing
     assert section is not None
-    training = _training(context)
-    generator = torch.Generator().manual_seed(seed)
-    with context.progress.task(f"training with Gaussian noise (sigma {section.sigma:g})", total=1) as task:
-        model = build_model(training.model_fn, seed)  # type: ignore[arg-type]
-        model = train_with_noise(
-            model, training.data, section.sigma, _config(section), generator=generator
-        ).model
-        task.advance()
     model = model.to(context.target.device).eval()
     k = min(section.samples, len(x))
     with context.progress.task(f"certifying {k} samples by randomised smoothing", total=1) as task:
@@ -850,7 +1011,9 @@ def _scalar_bounds(target: Target) -> tuple[float, float]:
 # AISEC-ROB-005: NULL labelling
 
 
-def _null_finding(context: AssessmentContext, x: torch.Tensor, y: torch.Tensor, seed: int) -> Finding:
+def _null_finding(
+    context: AssessmentContext, x: torch.Tensor, y: torch.Tensor, seed: int, trained: dict[str, Trained]
+) -> Finding:
     """Hosseini et al.'s protocol: the training set cut in a defender's half (a plain and a NULL-labelled model
     are trained on it) and an attacker's half (the substitute), so the substitute's data is disjoint from the
     models'; transferred examples are APGD-CE's on the substitute (it transferred best of PGD, FGSM and APGD)."""
@@ -858,52 +1021,22 @@ def _null_finding(context: AssessmentContext, x: torch.Tensor, y: torch.Tensor, 
 
     from aisec.attacks.evasion.apgd import APGDConfig, apgd
     from aisec.attacks.evasion.null_aware import null_aware_pgd
-    from aisec.core.training import train
-    from aisec.defend.data_quality.null_labelling import (
-        NullLabellingConfig,
-        null_rate,
-        train_null_labelling,
-    )
+    from aisec.defend.data_quality.null_labelling import null_rate
 
     section = _defences(context).null_labelling
     assert section is not None
-    training = _training(context)
-    factory = training.model_fn
-    assert factory is not None
     tm, spec = context.threat_model, context.target.spec
-    lower, upper = _scalar_bounds(context.target)
-    defender, attacker = split(training.data, len(training.data) // 2, seed)
-    with context.progress.task(f"training with NULL labels (eps {section.eps:g})", total=3) as task:
-        result = train_null_labelling(
-            build_model(factory, seed),
-            defender,
-            NullLabellingConfig(eps=section.eps),
-            _config(section),
-            lower=lower,
-            upper=upper,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        task.advance()
-        plain = train(
-            build_model(factory, seed),
-            defender,
-            _config(section),
-            generator=torch.Generator().manual_seed(seed),
-        ).model
-        task.advance()
-        substitute = train(
-            build_model(factory, seed + 1),
-            attacker,
-            _config(section),
-            generator=torch.Generator().manual_seed(seed + 1),
-        ).model
-        task.advance()
-    null_model, plain, substitute = (m.to(x.device).eval() for m in (result.model, plain, substitute))
-    null = result.null_class
-    null_target = TorchTarget(null_model, replace(spec, num_classes=spec.num_classes + 1))
+    defender, attacker = _null_halves(_training(context), seed)
+    null_model, plain, substitute = (
+        trained[name].model.to(x.device).eval()
+        for name in ("null_labelling", "null_labelling plain", "null_labelling substitute")
+    )
     with torch.no_grad():
-        null_right = null_model(x).argmax(1) == y
+        null_logits = null_model(x)
+        null_right = null_logits.argmax(1) == y
         plain_right = plain(x).argmax(1) == y
+    null = null_logits.shape[1] - 1  # the NULL output is the last one
+    null_target = TorchTarget(null_model, replace(spec, num_classes=spec.num_classes + 1))
     generator = torch.Generator(device=x.device).manual_seed(seed)
     rows = []
     for eps in tm.budgets:
