@@ -81,7 +81,9 @@ def test_unusual_lines_are_left_to_typer(args: list[str]) -> None:
 
 WORDS = ["m.pt", "dir/", "x y.pkl", "-q", "--quiet", "--no-hash", "-f", "--format", "--json", "--sarif",
          "--fail-on", "json", "sarif", "text", "xml", "high", "info", "severe", "out.json", "-", "--", "-h",
-         "--help", "-x", "--format=json", "--fail-on=low", "--json=", "--sarif=s.sarif", "-qf", "-fjson", ""]  # fmt: skip
+         "--help", "-x", "--format=json", "--fail-on=low", "--json=", "--sarif=s.sarif", "-qf", "-fjson", "",
+         "--executor", "pool", "ray", "in_process", "--workers", "2", "0", "--workers=3", "--ray-address",
+         "auto", "--executor=pool"]  # fmt: skip
 
 
 @settings(max_examples=300, deadline=None)
