@@ -137,3 +137,18 @@ def test_mlflow_option_logs_the_run_and_its_reports(plan: Path, tmp_path: Path) 
         a.path for a in mlflow.tracking.MlflowClient(tracking_uri=uri).list_artifacts(match[1], "reports")
     }
     assert {"reports/report.json", "reports/report.html"} <= artefacts
+
+
+def test_the_example_runs(tmp_path: Path) -> None:
+    """examples/scale_and_track.py, as docs/scale.md tells users to run it."""
+    pytest.importorskip("mlflow")
+    example = Path(__file__).parent.parent / "examples" / "scale_and_track.py"
+    out = subprocess.run(
+        [sys.executable, str(example), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_environment(),
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"16 jobs in {tmp_path / 'tasks'}" in out.stdout and "MLflow run" in out.stdout
