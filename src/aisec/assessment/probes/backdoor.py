@@ -24,7 +24,7 @@ from torch import nn
 
 from aisec.assessment.finding import Finding
 from aisec.assessment.plan import BackdoorProbeSection
-from aisec.assessment.probe import AssessmentContext, Training
+from aisec.assessment.probe import AssessmentContext
 from aisec.assessment.probes.backdoor_findings import (
     Repair,
     Run,
@@ -34,9 +34,10 @@ from aisec.assessment.probes.backdoor_findings import (
     trigger_gallery,
 )
 from aisec.assessment.probes.retraining import (
+    Retraining,
     reference_and_evaluation,
     required_training,
-    retrain,
+    retrain_all,
     scalar_bounds,
 )
 from aisec.assessment.probes.served import cell
@@ -46,10 +47,8 @@ from aisec.attacks.backdoor.triggers import TRIGGERS, Trigger
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, poison_count
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError, CapabilityError, DataError
-from aisec.core.seeding import build_model
 from aisec.core.training import accuracy
 from aisec.data.dataset import LabelledData
-from aisec.defend.data_quality.gradient_shaping import fit_with_gradient_shaping
 from aisec.defend.data_quality.screening import screen_for_backdoor
 from aisec.defend.robustness.strip import evaluate_strip, fit_strip
 from aisec.defend.supply_chain.behaviour.fine_pruning import fine_prune
@@ -105,47 +104,73 @@ class BackdoorProbe:
         config, seed = self.config, context.seed
         lower, upper = scalar_bounds(context.target.spec, self.name)
         reference, evaluation = reference_and_evaluation(context)
-        with context.progress.task("backdoor: training the clean baseline", total=1) as task:
-            clean_accuracy = accuracy(retrain(training, training.data, seed), evaluation)
-            task.advance()
+        top_rate, low_rate = max(config.rates), min(config.rates)
+        # Three phases: the clean and the backdoored models (one batch of the assessment's task runner, which a
+        # pool or Ray trains in parallel), the screening of each poisoned set with its model, and the repairs the
+        # screening calls for (a second batch); the model-side defences then work on the backdoored models.
+        work = [(TRIGGERS[name](), rate) for name in config.triggers for rate in config.rates]
+        poisons = [
+            plant_backdoor(training.data, trigger, config.target_class, rate, mode=config.mode, lower=lower,
+                           upper=upper, generator=torch.Generator().manual_seed(seed + 11))
+            for trigger, rate in work
+        ]  # fmt: skip
+        models = [Retraining(training.data, seed), *(Retraining(poisoned.data, seed) for poisoned in poisons)]
+        clean, *backdoored = retrain_all(
+            context.tasks, training, models, what="backdoor: clean and backdoored models"
+        )
+        clean_accuracy = accuracy(clean, evaluation)
+        measures = [
+            functools.partial(measure_backdoor, test=evaluation, trigger=trigger,
+                              target_class=config.target_class, lower=lower, upper=upper)
+            for trigger, _ in work
+        ]  # fmt: skip
+        planted, screenings = [], []
+        with context.progress.task("backdoor: screening the poisoned training sets", total=len(work)) as task:
+            for poisoned, model, measure in zip(poisons, backdoored, measures, strict=True):
+                planted.append(measure(model))
+                screenings.append(_screen(model, poisoned, reference, seed))
+                task.advance()
+        # Gradient shaping at the lowest rate only, the regime it is for (Hong et al. 2020; at 5-10 % BadNets
+        # it leaves 98-100 % attack success on digits, tests/test_gradient_shaping.py): one slow training saved
+        # per rate.
+        shaping = context.defences.gradient_shaping if context.defences else None
+        retrain_repair = "retrain" in config.repair
+        repairs = []
+        for (_, rate), poisoned, screening in zip(work, poisons, screenings, strict=True):
+            if retrain_repair:
+                repairs.append(Retraining(poisoned.without(screening.flagged), seed))
+            if shaping is not None and rate == low_rate:
+                repairs.append(Retraining(poisoned.data, seed, shaping))
+        repaired = iter(retrain_all(context.tasks, training, repairs, what="backdoor: repairs"))
         runs: list[Run] = []
         strip_rows: list[tuple] = []
         scans: list[tuple[str, NeuralCleanseResult]] = []
-        top_rate, low_rate = max(config.rates), min(config.rates)
-        work = [(name, rate) for name in config.triggers for rate in config.rates]
-        with context.progress.task("backdoor: poisoning, screening and repair", total=len(work)) as task:
-            for name, rate in work:
-                trigger = TRIGGERS[name]()
-                generator = torch.Generator().manual_seed(seed + 11)
-                poisoned = plant_backdoor(training.data, trigger, config.target_class, rate, mode=config.mode,
-                                          lower=lower, upper=upper, generator=generator)  # fmt: skip
-                model = retrain(training, poisoned.data, seed)
-                measure = functools.partial(
-                    measure_backdoor,
-                    test=evaluation,
-                    trigger=trigger,
-                    target_class=config.target_class,
-                    lower=lower,
-                    upper=upper,
-                )
-                planted = measure(model)
-                detection, repairs = self._defend(
-                    context, training, poisoned, model, reference, measure, rate == low_rate
-                )
+        with context.progress.task("backdoor: repairs, STRIP and scans measured", total=len(work)) as task:
+            for (trigger, rate), poisoned, model, measure, screening, before in zip(
+                work, poisons, backdoored, measures, screenings, planted, strict=True
+            ):
+                fixes: list[Repair] = []
+                if retrain_repair:
+                    cost = (f"{int(screening.flagged.sum())} samples removed, screening {screening.seconds:.1f} s, "
+                            "one retraining")  # fmt: skip
+                    fixes.append(Repair("retrain without flagged samples", measure(next(repaired)), cost))
+                if shaping is not None and rate == low_rate:
+                    fixes.append(Repair(
+                        f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
+                        measure(next(repaired)),
+                        "training with per-example clipping and noise",
+                    ))  # fmt: skip
                 if rate == top_rate:
                     if "fine_pruning" in config.repair:
-                        repairs.append(_fine_pruned(model, reference, measure, seed))
+                        fixes.append(_fine_pruned(model, reference, measure, seed))
                     if config.strip:
-                        strip_rows.append(
-                            _strip_row(
-                                model, reference, evaluation, trigger, config.target_class, lower, upper, seed
-                            )
-                        )
+                        strip_rows.append(_strip_row(model, reference, evaluation, trigger, config.target_class,
+                                                     lower, upper, seed))  # fmt: skip
                     if config.neural_cleanse:
-                        scans.append(
-                            (f"{name} backdoor at {rate:g}", _scan(model, reference, lower, upper, seed))
-                        )
-                runs.append(Run(name, rate, int(poisoned.poisoned.sum()), planted, detection, tuple(repairs)))
+                        scan = _scan(model, reference, lower, upper, seed)
+                        scans.append((f"{trigger.name} backdoor at {rate:g}", scan))
+                count = int(poisoned.poisoned.sum())
+                runs.append(Run(trigger.name, rate, count, before, screening.detection, tuple(fixes)))
                 task.advance()
         delivered = None
         if config.neural_cleanse:
@@ -177,46 +202,26 @@ class BackdoorProbe:
             findings.append(scan_finding(delivered, scans, config.target_class, context, provenance))
         return findings
 
-    def _defend(
-        self,
-        context: AssessmentContext,
-        training: Training,
-        poisoned: PoisonedData,
-        model: nn.Module,
-        reference: LabelledData,
-        measure: Callable[[nn.Module], BackdoorMeasurement],
-        shape: bool,
-    ) -> tuple[tuple[tuple[str, int, float, float], ...], list[Repair]]:
-        """Screen the poisoned training set, retrain without the flags, and (if `shape`) retrain with gradient
-        shaping: at the lowest rate only, the regime it is for (Hong et al. 2020; at 5-10 % BadNets it leaves
-        98-100 % attack success on digits, tests/test_gradient_shaping.py) and one slow training saved per rate."""
-        seed = context.seed
-        started = time.perf_counter()
-        screening = screen_for_backdoor(model, poisoned.data, reference, seed=seed)
-        seconds = time.perf_counter() - started
-        detection = []
-        for ranking in (*screening.rankings, screening.combined):
-            score = ranking.score_against(poisoned.poisoned)
-            label = "all three (union)" if ranking is screening.combined else ranking.method
-            detection.append((label, score.flagged, score.precision, score.recall))
-        repairs: list[Repair] = []
-        if "retrain" in self.config.repair:
-            flagged = screening.combined.flagged
-            repaired = measure(retrain(training, poisoned.without(flagged), seed))
-            repairs.append(Repair("retrain without flagged samples", repaired,
-                                   f"{int(flagged.sum())} samples removed, screening {seconds:.1f} s, one retraining"))  # fmt: skip
-        shaping = context.defences.gradient_shaping if context.defences else None
-        if shaping is not None and shape:
-            assert training.model_fn is not None
-            shaped = fit_with_gradient_shaping(
-                build_model(training.model_fn, seed), poisoned.data, seed=seed, **shaping.model_dump()
-            )
-            repairs.append(Repair(
-                f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
-                measure(shaped),
-                "training with per-example clipping and noise",
-            ))  # fmt: skip
-        return tuple(detection), repairs
+
+@dataclass(frozen=True)
+class _Screening:
+    detection: tuple[tuple[str, int, float, float], ...]  # method, flagged, precision, recall
+    flagged: torch.Tensor  # what any of the three detectors flags
+    seconds: float
+
+
+def _screen(model: nn.Module, poisoned: PoisonedData, reference: LabelledData, seed: int) -> _Screening:
+    """Screen the poisoned training set with the features of the model trained on it, against the trusted
+    reference; each detector's figures against the known poison."""
+    started = time.perf_counter()
+    screening = screen_for_backdoor(model, poisoned.data, reference, seed=seed)
+    seconds = time.perf_counter() - started
+    detection = []
+    for ranking in (*screening.rankings, screening.combined):
+        score = ranking.score_against(poisoned.poisoned)
+        label = "all three (union)" if ranking is screening.combined else ranking.method
+        detection.append((label, score.flagged, score.precision, score.recall))
+    return _Screening(tuple(detection), screening.combined.flagged, seconds)
 
 
 def _fine_pruned(

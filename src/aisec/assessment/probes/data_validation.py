@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from aisec.assessment.probes.data_validation_findings import validation_findings
-from aisec.assessment.probes.retraining import retrain
+from aisec.assessment.probes.retraining import Retraining, retrain_all
 from aisec.assessment.validate_data import read_data_file, validation_config, validation_provenance
 from aisec.core.attack_class import AttackClass
 from aisec.data.dataset import LabelledData
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aisec.assessment.finding import Finding
     from aisec.assessment.plan import DataValidationProbeSection
     from aisec.assessment.probe import AssessmentContext, Training
+    from aisec.core.tasks import TaskRunner
     from aisec.targets.base import Target
 
 
@@ -47,7 +48,7 @@ class DataValidationProbe:
         config = validation_config(self.config, context.seed)
         readable = _model_reads(context.target, reference)
         predict = _predict(context.target) if readable else None
-        fit = _fit(context.training) if readable and context.training is not None else None
+        fit = _fit(context.tasks, context.training) if readable and context.training is not None else None
         result = validate(reference, current, config, predict=predict, fit=fit)
         provenance = validation_provenance(result, reference, current, config, context.model_sha256)
         return validation_findings(result, context.policy.data_validation, provenance)
@@ -71,14 +72,16 @@ def _predict(target: Target) -> Predict:
     return predict
 
 
-def _fit(training: Training) -> Fit | None:
-    """Retraining through the plan's factory and recipe (the one training loop), when the plan gives both."""
+def _fit(tasks: TaskRunner, training: Training) -> Fit | None:
+    """Retraining through the plan's factory and recipe (the one training loop), when the plan gives both: each
+    model a job of the assessment's task runner, so that a rerun reads it back from the cache. Source dependence
+    asks for one model at a time (the full one, then one per source left out), so they run one after another."""
     if training.model_fn is None or training.fit is None:
         return None
 
     def fit(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
         data = LabelledData(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
-        model = retrain(training, data, seed)
+        (model,) = retrain_all(tasks, training, [Retraining(data, seed)], what="data validation: retraining")
 
         def predict(inputs: np.ndarray) -> np.ndarray:
             with torch.no_grad():

@@ -20,14 +20,13 @@ from aisec.assessment.finding import Chart, Finding, Gallery, Metric, Picture, P
 from aisec.assessment.images import is_image, pixels
 from aisec.assessment.plan import PoisoningProbeSection
 from aisec.assessment.probe import AssessmentContext, Training
-from aisec.assessment.probes.retraining import required_training, retrain
+from aisec.assessment.probes.retraining import Retraining, required_training, retrain_all
 from aisec.assessment.probes.served import cell
 from aisec.assessment.rules import LABEL_AUDIT, LABEL_FLIP_DEFENCES, LABEL_FLIPS
 from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label_flip
 from aisec.attacks.poisoning.result import PoisonedData, check_classes, poison_count
 from aisec.core.attack_class import AttackClass
 from aisec.core.errors import BadInputError, DataError
-from aisec.core.seeding import build_model
 from aisec.core.severity import Severity
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.confident_learning import (
@@ -35,7 +34,6 @@ from aisec.defend.data_quality.confident_learning import (
     cross_validated_probabilities,
     fit_linear,
 )
-from aisec.defend.data_quality.gradient_shaping import fit_with_gradient_shaping
 from aisec.defend.data_quality.label_consistency import label_consistency
 from aisec.defend.data_quality.screening import union
 from aisec.defend.data_quality.suspects import SuspectRanking
@@ -107,25 +105,43 @@ class PoisoningProbe:
         num_classes = context.target.spec.num_classes
         source, target = self.classes(training, num_classes)
         measure = functools.partial(_accuracy, data=data, source=source)
-        with context.progress.task("poisoning: training the clean baseline", total=1) as task:
-            baseline = measure(retrain(training, training.data, seed))
-            task.advance()
+        # Three phases: the clean and the poisoned models (one batch of the assessment's task runner, which a pool
+        # or Ray trains in parallel), the label audits of the poisoned sets, and the repairs they call for (a batch).
         work = [(attack, rate) for attack in config.attacks for rate in config.rates]
-        runs: list[_Run] = []
-        with context.progress.task("poisoning: label flips, audit and repair", total=len(work)) as task:
-            for attack, rate in work:
-                generator = torch.Generator().manual_seed(seed + 13)
-                if attack == "random_flip":
-                    poisoned = random_label_flip(
-                        training.data, rate, num_classes=num_classes, generator=generator
-                    )
-                else:
-                    poisoned = targeted_label_flip(
-                        training.data, rate, source=source, target=target, generator=generator
-                    )
-                accuracy = measure(retrain(training, poisoned.data, seed))
-                runs.append(self._defend(context, training, attack, poisoned, accuracy, measure, num_classes))
+        flips = [
+            _flip(training.data, attack, rate, num_classes, source, target, seed) for attack, rate in work
+        ]
+        models = [Retraining(training.data, seed), *(Retraining(flipped.data, seed) for flipped in flips)]
+        trained = retrain_all(context.tasks, training, models, what="poisoning: clean and poisoned models")
+        baseline, *accuracies = [measure(model) for model in trained]
+        audits = []
+        with context.progress.task("poisoning: auditing the poisoned labels", total=len(work)) as task:
+            for flipped in flips:
+                audits.append(_detect(flipped, num_classes, config.folds, seed))
                 task.advance()
+        shaping = context.defences.gradient_shaping if context.defences else None
+        repairs = []
+        for flipped, (_, flagged) in zip(flips, audits, strict=True):
+            repairs.append(Retraining(flipped.without(flagged), seed))
+            if shaping is not None:
+                repairs.append(Retraining(flipped.data, seed, shaping))
+        trained = retrain_all(context.tasks, training, repairs, what="poisoning: repairs")
+        repaired = iter([measure(model) for model in trained])
+        runs = []
+        for (attack, _), flipped, accuracy, (detection, flagged) in zip(
+            work, flips, accuracies, audits, strict=True
+        ):
+            fixes = [
+                ("retrain without flagged samples", next(repaired), f"{int(flagged.sum())} samples removed")
+            ]
+            if shaping is not None:
+                fixes.append((
+                    f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
+                    next(repaired),
+                    "training with per-example clipping and noise",
+                ))  # fmt: skip
+            flipped_count = int(flipped.poisoned.sum())
+            runs.append(_Run(attack, flipped.rate, flipped_count, accuracy, detection, tuple(fixes)))
         provenance = context.provenance(
             len(data),
             {
@@ -147,46 +163,29 @@ class PoisoningProbe:
             findings.append(_audit_finding(training.data, audit, context, provenance))
         return findings
 
-    def _defend(
-        self,
-        context: AssessmentContext,
-        training: Training,
-        attack: str,
-        poisoned: PoisonedData,
-        accuracy: _Accuracy,
-        measure: functools.partial[_Accuracy],
-        num_classes: int,
-    ) -> _Run:
-        seed = context.seed
-        rankings = _audit(poisoned.data, num_classes, self.config.folds, seed).rankings
-        combined = union(rankings)
-        detection = []
-        for ranking in (*rankings, combined):
-            score = ranking.score_against(poisoned.poisoned)
-            label = "either (union)" if ranking is combined else ranking.method
-            detection.append((label, score.flagged, score.precision, score.recall))
-        flagged = combined.flagged
-        repairs = [
-            (
-                "retrain without flagged samples",
-                measure(retrain(training, poisoned.without(flagged), seed)),
-                f"{int(flagged.sum())} samples removed",
-            )
-        ]
-        shaping = context.defences.gradient_shaping if context.defences else None
-        if shaping is not None:
-            assert training.model_fn is not None
-            model = fit_with_gradient_shaping(
-                build_model(training.model_fn, seed), poisoned.data, seed=seed, **shaping.model_dump()
-            )
-            repairs.append((
-                f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
-                measure(model),
-                "training with per-example clipping and noise",
-            ))  # fmt: skip
-        return _Run(
-            attack, poisoned.rate, int(poisoned.poisoned.sum()), accuracy, tuple(detection), tuple(repairs)
-        )
+
+def _flip(
+    data: LabelledData, attack: str, rate: float, num_classes: int, source: int, target: int, seed: int
+) -> PoisonedData:
+    """The training set with `rate` of its labels flipped by `attack`, drawn from the plan's seed."""
+    generator = torch.Generator().manual_seed(seed + 13)
+    if attack == "random_flip":
+        return random_label_flip(data, rate, num_classes=num_classes, generator=generator)
+    return targeted_label_flip(data, rate, source=source, target=target, generator=generator)
+
+
+def _detect(
+    poisoned: PoisonedData, num_classes: int, folds: int, seed: int
+) -> tuple[tuple[tuple[str, int, float, float], ...], torch.Tensor]:
+    """Each detector's (name, flagged, precision, recall) against the known flips, and what either flags."""
+    rankings = _audit(poisoned.data, num_classes, folds, seed).rankings
+    combined = union(rankings)
+    detection = []
+    for ranking in (*rankings, combined):
+        score = ranking.score_against(poisoned.poisoned)
+        label = "either (union)" if ranking is combined else ranking.method
+        detection.append((label, score.flagged, score.precision, score.recall))
+    return tuple(detection), combined.flagged
 
 
 def _accuracy(model: torch.nn.Module, *, data: LabelledData, source: int) -> _Accuracy:

@@ -1,15 +1,24 @@
-"""What the training-time probes (poisoning, backdoor) share: the plan's recipe run on a changed training set,
-the split of the assessment data into a trusted reference and an evaluation half, and scalar input bounds."""
+"""What the training-time probes (poisoning, backdoor, data validation) share: the plan's recipe run on changed
+training sets as one batch of jobs of the assessment's task runner (any executor trains them, a rerun reads them
+back from its cache), the split of the assessment data into a trusted reference and an evaluation half, and
+scalar input bounds."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from torch import nn
 
+from aisec.assessment.plan import GradientShapingSection
 from aisec.assessment.probe import AssessmentContext, Training
 from aisec.assessment.probes.served import split
 from aisec.core.errors import BadInputError, DataError
-from aisec.core.seeding import build_model
+from aisec.core.tasks import TaskRunner
+from aisec.core.train_jobs import TrainJob, trained_models
 from aisec.data.dataset import LabelledData
+from aisec.defend.data_quality.gradient_shaping import fit_with_gradient_shaping, private_model
 from aisec.targets.base import InputSpec
 
 MIN_HALF = 50  # samples in each half of the assessment data
@@ -25,12 +34,37 @@ def required_training(context: AssessmentContext, probe: str) -> Training:
     return training
 
 
-def retrain(training: Training, data: LabelledData, seed: int) -> nn.Module:
-    """A fresh model from the factory, trained on `data` with the plan's recipe; the initial weights are
-    seeded too, so that two runs of a plan retrain identical models."""
-    assert training.model_fn is not None and training.fit is not None
-    model = training.fit(build_model(training.model_fn, seed), data, seed=seed)
-    return model.eval()
+@dataclass(frozen=True)
+class Retraining:
+    """One model to retrain from the plan's factory on `data`, its initial weights and its recipe seeded by
+    `seed`: with the plan's recipe, or with `shaping`, gradient shaping (Hong et al. 2020) at those settings."""
+
+    data: LabelledData
+    seed: int
+    shaping: GradientShapingSection | None = None
+
+
+def retrain_all(
+    tasks: TaskRunner, training: Training, work: Sequence[Retraining], *, what: str
+) -> list[nn.Module]:
+    """Every retraining of `work` as one batch of `tasks` (run in parallel by a pool or Ray, read back from its
+    cache on a rerun), the models in evaluation mode on the CPU and in the order of `work`. The initial weights
+    are `build_model(factory, seed)`, so that two runs of a plan retrain identical models."""
+    model_fn, fit = training.model_fn, training.fit
+    assert model_fn is not None and fit is not None
+    jobs = [
+        TrainJob(model_fn, fit, item.data, item.seed, tasks.device)
+        if item.shaping is None
+        else TrainJob(
+            functools.partial(private_model, model_fn),
+            functools.partial(fit_with_gradient_shaping, **item.shaping.model_dump()),
+            item.data,
+            item.seed,
+            tasks.device,
+        )
+        for item in work
+    ]
+    return trained_models(tasks, jobs, what=what)
 
 
 def reference_and_evaluation(context: AssessmentContext) -> tuple[LabelledData, LabelledData]:

@@ -11,6 +11,8 @@ settings happen to give is reported beside the model as a side figure.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,3 +102,17 @@ def fit_with_gradient_shaping(
     `functools.partial`."""
     config = GradientShapingConfig(**settings)  # type: ignore[arg-type]
     return train_with_gradient_shaping(model, data, config, seed=seed).model
+
+
+def private_model(model_fn: Callable[[], nn.Module]) -> nn.Module:
+    """`model_fn()` with the layers that private training replaces (BatchNorm by GroupNorm: Opacus's
+    `ModuleValidator.fix`, as aisec.core.training applies it) replaced already, so that a gradient-shaped job's
+    weights load into it; the layers it keeps keep their initial weights, and training replaces nothing more."""
+    try:
+        from opacus.validators import ModuleValidator
+    except ImportError:
+        raise BadInputError("gradient shaping needs Opacus: pip install 'aisec[privacy]'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus logs and warns about the layers it replaces
+        fixed: nn.Module = ModuleValidator.fix(model_fn())
+    return fixed
