@@ -120,3 +120,31 @@ def test_lira_and_rmia_scores_are_bit_identical_in_process_in_a_pool_and_on_ray(
     again = train_shadows(victim, x, y, trainer, population=population, n_shadows=4, seed=7, tasks=resumed)
     assert (resumed.executed, resumed.reused) == (0, 4)
     assert torch.equal(lira(victim, x, y, again, members=members).scores, scores["ray"][0])
+
+
+@pytest.mark.training
+def test_a_retraining_probe_gives_the_same_findings_on_ray(digits) -> None:
+    """The poisoning probe's clean, poisoned and repaired models trained as Ray tasks: the same findings."""
+    from aisec.assessment.plan import PoisoningProbeSection, ProbesSection
+    from aisec.assessment.probe import Training
+    from aisec.assessment.runner import run_assessment
+
+    training = Training(
+        LabelledData(digits.train.x[:200], digits.train.y[:200]), digits_cnn, functools.partial(fit, epochs=3)
+    )
+    probes = ProbesSection(
+        poisoning=PoisoningProbeSection(attacks=("targeted_flip",), rates=(0.1,), audit=False)
+    )
+
+    def figures(tasks: TaskRunner) -> list:
+        assessment = run_assessment(
+            TorchTarget(digits_cnn(), SPEC), digits.test, probes, training=training, seed=4, tasks=tasks
+        )
+        return [
+            (f.rule_id, [(m.id, m.value) for m in f.metrics], [t.rows for t in f.tables])
+            for f in assessment.findings
+        ]
+
+    on_ray = TaskRunner(RayExecutor(workers=2))
+    assert figures(on_ray) == figures(TaskRunner(InProcessExecutor()))
+    assert on_ray.executed == 3
