@@ -42,6 +42,7 @@ from aisec.assessment.stats import wilson
 from aisec.core.errors import BadInputError
 from aisec.core.seeding import build_model, draw_seed
 from aisec.core.severity import Severity
+from aisec.core.train_jobs import Trained, TrainJob, train_all
 from aisec.core.training import TrainingConfig, train
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.null_labelling import (
@@ -147,54 +148,15 @@ def _defences(context: AssessmentContext) -> DefencesSection:
 # the controls' models: one batch of jobs through the assessment's task runner
 
 
-@dataclass(frozen=True)
-class DefenceJob:
-    """One model a control trains: `fit(build_model(model_fn, seed) on device, data, seed=seed)`, a recipe that
-    returns the trained model and a note for the report (the overfitting guard's sentence, or ""). The fields
-    of `aisec.core.train_jobs.TrainJob`, whose recipe returns the model alone."""
-
-    model_fn: Callable[[], nn.Module]
-    fit: Callable[..., tuple[nn.Module, str]]
-    data: LabelledData
-    seed: int
-    device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class Trained:
-    """A control's model as its job left it (evaluation mode, on the CPU), the wall seconds its recipe took
-    where the job ran (read back from the task cache for a job an earlier run finished), and its note."""
-
-    model: nn.Module
-    seconds: float
-    note: str
-
-
-def train_defence(job: DefenceJob) -> dict[str, Any]:
-    """Train one job's model (top-level, so that executors can ship it): its weights on the CPU, the seconds
-    of its recipe, and the recipe's note."""
-    model = build_model(job.model_fn, job.seed).to(job.device)
-    start = time.perf_counter()
-    trained, note = job.fit(model, job.data, seed=job.seed)
-    seconds = time.perf_counter() - start
-    state = {name: value.detach().cpu() for name, value in trained.state_dict().items()}
-    return {"state": state, "seconds": seconds, "note": note}
-
-
-def _trained(context: AssessmentContext, jobs: dict[str, DefenceJob]) -> dict[str, Trained]:
+def _trained(context: AssessmentContext, jobs: dict[str, TrainJob]) -> dict[str, Trained]:
     """Every job's model by name, trained through `context.tasks` in one batch."""
-    results = context.tasks.map(train_defence, list(jobs.values()), what="training the defended models")
-    trained = {}
-    for (name, job), result in zip(jobs.items(), results, strict=True):
-        model = build_model(job.model_fn, job.seed)
-        model.load_state_dict(result["state"])
-        trained[name] = Trained(model.eval(), float(result["seconds"]), str(result["note"]))
-    return trained
+    trained = train_all(context.tasks, list(jobs.values()), what="training the defended models")
+    return dict(zip(jobs, trained, strict=True))
 
 
 def _training_jobs(
     context: AssessmentContext, hardening_seeds: list[int], certified_seed: int, null_seed: int
-) -> dict[str, DefenceJob]:
+) -> dict[str, TrainJob]:
     """The jobs of every control that trains, by name: each adversarially trained model, plain training at
     each of their settings (the yardstick of their cost), the noise-trained base model of randomised
     smoothing, and NULL labelling's three models (NULL-labelled and plain on the defender's half, the
@@ -221,16 +183,14 @@ def _training_jobs(
                 upper=upper,
             )
         )
-        jobs[f"adversarial_training[{i}]"] = DefenceJob(factory, fit, data, seed, device)
+        jobs[f"adversarial_training[{i}]"] = TrainJob(factory, fit, data, seed, device)
     for section in defences.adversarial_training:
         fit = partial(_fit_plain, training=_config(section))
-        jobs[f"plain training ({_config_key(section)})"] = DefenceJob(
-            factory, fit, data, context.seed, device
-        )
+        jobs[f"plain training ({_config_key(section)})"] = TrainJob(factory, fit, data, context.seed, device)
     smoothing = defences.randomized_smoothing
     if smoothing is not None:
         fit = partial(_fit_noise, sigma=smoothing.sigma, training=_config(smoothing))
-        jobs["randomized_smoothing"] = DefenceJob(factory, fit, data, certified_seed, device)
+        jobs["randomized_smoothing"] = TrainJob(factory, fit, data, certified_seed, device)
     null = defences.null_labelling
     if null is not None:
         defender, attacker = _null_halves(training, null_seed)
@@ -244,11 +204,11 @@ def _training_jobs(
             lower=low,
             upper=high,
         )
-        jobs["null_labelling"] = DefenceJob(
+        jobs["null_labelling"] = TrainJob(
             partial(_with_null_output, factory), fit, defender, null_seed, device
         )
-        jobs["null_labelling plain"] = DefenceJob(factory, plain, defender, null_seed, device)
-        jobs["null_labelling substitute"] = DefenceJob(factory, plain, attacker, null_seed + 1, device)
+        jobs["null_labelling plain"] = TrainJob(factory, plain, defender, null_seed, device)
+        jobs["null_labelling substitute"] = TrainJob(factory, plain, attacker, null_seed + 1, device)
     return jobs
 
 
