@@ -81,6 +81,13 @@ def test_a_jobs_error_reaches_the_caller_as_its_own_type() -> None:
         RayExecutor().map(refuse, [0, 1, 2, 3])
 
 
+def test_jobs_in_flight_default_to_twice_the_cluster_and_gpu_jobs_need_a_gpu() -> None:
+    assert RayExecutor()._slots() == 4  # 2 CPUs, one per job
+    assert RayExecutor(cpus_per_task=2)._slots() == 2
+    with pytest.raises(BadInputError, match="has no GPU: its jobs would wait for ever"):
+        RayExecutor(gpus_per_task=0.25).map(refuse, [0])
+
+
 def test_a_ray_the_caller_started_is_left_running() -> None:
     executor = RayExecutor(address="local")
     executor.map(refuse, [0])

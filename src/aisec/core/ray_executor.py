@@ -1,8 +1,8 @@
 """Jobs as Ray tasks: the executor for more than one machine (the optional extra `aisec[ray]`).
 
 `RayExecutor.map` submits one task per job (`num_cpus=cpus_per_task`, `num_gpus=gpus_per_task`), at most `workers`
-in flight when `workers` is given, and collects them with `ray.wait` as they finish, so that the caller keeps each
-result at once. Ray places the tasks; aisec only bounds how many run. With `address: local` the executor starts a
+in flight (default: twice what the cluster can run at once, so that the object store never holds every job's
+data), and collects them with `ray.wait` as they finish, so that the caller keeps each result at once. Ray places the tasks; aisec only bounds how many run. With `address: local` the executor starts a
 Ray of its own on this machine (`workers` CPUs, no dashboard, usage statistics off) and shuts it down on `close`;
 any other address (`auto`, `host:port`, `ray://host:port`) joins a running cluster, which `close` leaves running.
 A Ray that the caller already started (`ray.init` before the assessment) is used as it is and left to the caller.
@@ -97,7 +97,8 @@ class RayExecutor:
         ray = self.ray
         remote = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task, max_retries=2)(run_job)
         call = functools.partial(remote.remote, fn, self.threads)
-        limit = self.workers or len(jobs)
+        slots = self._slots()  # refuses GPU jobs where the cluster has no GPU, before any job is submitted
+        limit = self.workers or slots
         results: dict[int, R] = {}
         index: dict[Any, int] = {}
         waiting = iter(enumerate(jobs))
@@ -120,6 +121,21 @@ class RayExecutor:
                 ray.cancel(ref, force=True)
             raise
         return [results[i] for i in range(len(jobs))]
+
+    def _slots(self) -> int:
+        """Jobs in flight without `workers`: twice what the cluster can run at once (by CPUs, or GPUs for GPU
+        jobs), so that workers never wait for the next job while the object store holds only the jobs about to
+        run, not every job's data at once."""
+        resources = self.ray.cluster_resources()
+        if self.gpus_per_task and not resources.get("GPU"):
+            raise BadInputError(
+                f"gpus_per_task is {self.gpus_per_task:g}, but the Ray at {self.address!r} has no GPU: its jobs would "
+                "wait for ever (set gpus_per_task 0, or join a cluster with GPUs)"
+            )
+        by_cpu = resources.get("CPU", 1.0) / self.cpus_per_task if self.cpus_per_task else float("inf")
+        by_gpu = resources.get("GPU", 0.0) / self.gpus_per_task if self.gpus_per_task else float("inf")
+        at_once = min(by_cpu, by_gpu)
+        return max(1, 2 * int(at_once)) if at_once != float("inf") else 64
 
     def close(self) -> None:
         if self._started:
