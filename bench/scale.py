@@ -13,6 +13,7 @@ Parts (each prints a Markdown table; docs/benchmarks.md records them):
                uninterrupted run.
   resnet       ResNet-18's training FLOPs per CIFAR-10 image (counted) and images per second on this CPU and
                on CUDA where present: the per-shadow cost that docs/scale.md extrapolates to a GPU cluster.
+  scan         `aisec scan`'s scanner over 1,000-5,000 small pickles in this process and on a pool of two.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale.py                  # all parts, about 10 minutes on 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale.py efficiency --repeats 1 --shadows 16    # a quick look
@@ -332,7 +333,9 @@ def resnet(args: argparse.Namespace) -> None:
     )
     print("\n| device | threads | images per second, median | steps timed |")
     print("|---|---|---|---|")
-    for device in devices:
+    settings = [("cpu", 1), ("cpu", os.cpu_count() or 1)] + [("cuda", 1) for d in devices if d == "cuda"]
+    for device, threads in settings:
+        torch.set_num_threads(threads)
         net = build_model(resnet18_cifar, 0).to(device)
         optimiser = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
         xs, ys = x.to(device), y.to(device)
@@ -348,7 +351,55 @@ def resnet(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
             if step:  # the first step warms up
                 rates.append(batch / (time.perf_counter() - start))
-        print(f"| {device} | {torch.get_num_threads()} | {statistics.median(rates):.1f} | {len(rates)} |")
+        print(f"| {device} | {threads} | {statistics.median(rates):.1f} | {len(rates)} |")
+    torch.set_num_threads(1)
+
+
+# -- scan: when spreading `aisec scan` over workers pays -------------------------------------------------------------
+
+
+# Timed in a child process whose main module imports no torch, as `aisec scan`'s does: spawned workers re-import
+# the main module, and this benchmark's imports torch.
+SCAN_CHILD = """
+import json, statistics, sys, time
+from pathlib import Path
+from aisec.core.executor import LocalProcessExecutor
+from aisec.defend.supply_chain import scanner
+scanner.SPREAD_MIN_FILES = 2
+folder, repeats = Path(sys.argv[1]), int(sys.argv[2])
+here, pool = [], []
+for _ in range(repeats):
+    start = time.perf_counter(); alone = scanner.scan_paths([folder]); here.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    spread = scanner.scan_paths([folder], executor=LocalProcessExecutor(2))
+    pool.append(time.perf_counter() - start)
+    assert [f.verdict for f in alone.files] == [f.verdict for f in spread.files]
+    assert "torch" not in sys.modules
+print(json.dumps([statistics.median(here), statistics.median(pool)]))
+"""
+
+
+def scan(args: argparse.Namespace) -> None:
+    """Folders of small pickles scanned in this process and on a pool of two (in a torch-free child process, the
+    threshold lowered so that the pool is used): the file count from which a pool pays (SPREAD_MIN_FILES)."""
+    import pickle
+
+    rows = []
+    for count in args.scan_files:
+        with tempfile.TemporaryDirectory() as folder:
+            for i in range(count):
+                (Path(folder) / f"m{i}.pkl").write_bytes(pickle.dumps({"w": list(range(i % 50))}))
+            child = subprocess.run(
+                [sys.executable, "-c", SCAN_CHILD, folder, str(args.repeats)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            alone_s, pool_s = json.loads(child.stdout)
+            rows.append((count, alone_s, pool_s))
+    print("\n### Scanning small pickles: this process against a pool of two (pool start included)\n")
+    print("| files | this process (s), median | pool of 2 (s), median | ratio |")
+    print("|---|---|---|---|")
+    for count, alone_s, pool_s in rows:
+        print(f"| {count} | {alone_s:.2f} | {pool_s:.2f} | {pool_s / alone_s:.2f} |")
 
 
 def main() -> None:
@@ -356,18 +407,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "parts", nargs="*", default=["identical", "efficiency", "overhead", "resume", "resnet"]
+        "parts", nargs="*", default=["identical", "efficiency", "overhead", "resume", "resnet", "scan"]
     )
     parser.add_argument("--shadows", type=int, default=64, help="shadow models in the efficiency part")
     parser.add_argument("--plan-shadows", type=int, default=16, help="shadow models in the plans")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks in the overhead part")
     parser.add_argument("--kill-after", type=int, nargs="+", default=[3, 8, 12])
+    parser.add_argument("--scan-files", type=int, nargs="+", default=[1000, 2000, 3000, 5000])
     parser.add_argument("--resnet-steps", type=int, default=5, help="training steps timed in the resnet part")
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts: dict[str, Callable[[argparse.Namespace], None]] = {
-        "identical": identical, "efficiency": efficiency, "overhead": overhead, "resume": resume, "resnet": resnet,
+        "identical": identical, "efficiency": efficiency, "overhead": overhead, "resume": resume, "resnet": resnet, "scan": scan,
     }  # fmt: skip
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, ray {import_ray().__version__}")
     for part in args.parts:
