@@ -212,11 +212,9 @@ def _training_jobs(
     return jobs
 
 
-def _fit_plain(
-    model: nn.Module, data: LabelledData, *, seed: int, training: TrainingConfig
-) -> tuple[nn.Module, str]:
+def _fit_plain(model: nn.Module, data: LabelledData, *, seed: int, training: TrainingConfig) -> nn.Module:
     """Plain training with aisec's loop."""
-    return train(model, data, training, generator=torch.Generator().manual_seed(seed)).model, ""
+    return train(model, data, training, generator=torch.Generator().manual_seed(seed)).model
 
 
 def _fit_adversarial(
@@ -251,20 +249,20 @@ def _fit_ibp(
     training: TrainingConfig,
     lower: torch.Tensor,
     upper: torch.Tensor,
-) -> tuple[nn.Module, str]:
+) -> nn.Module:
     """IBP training (Gowal et al. 2019)."""
     generator = torch.Generator().manual_seed(seed)
-    return train_ibp(model, data, eps, training, lower=lower, upper=upper, generator=generator).model, ""
+    return train_ibp(model, data, eps, training, lower=lower, upper=upper, generator=generator).model
 
 
 def _fit_noise(
     model: nn.Module, data: LabelledData, *, seed: int, sigma: float, training: TrainingConfig
-) -> tuple[nn.Module, str]:
+) -> nn.Module:
     """Training with Gaussian noise, the base model of randomised smoothing (Cohen et al. 2019)."""
     from aisec.defend.robustness.certification.smoothing import train_with_noise  # scipy: imported when used
 
     generator = torch.Generator().manual_seed(seed)
-    return train_with_noise(model, data, sigma, training, generator=generator).model, ""
+    return train_with_noise(model, data, sigma, training, generator=generator).model
 
 
 def _with_null_output(factory: Callable[[], nn.Module]) -> nn.Module:
@@ -282,7 +280,7 @@ def _fit_null(
     training: TrainingConfig,
     lower: float,
     upper: float,
-) -> tuple[nn.Module, str]:
+) -> nn.Module:
     """NULL labelling (Hosseini et al. 2017). It adds the NULL output to an untrained model itself, so it starts
     from the factory's model of the same seed: `model` (that model with a zero NULL output) gives the device."""
     device = next(model.parameters()).device
@@ -295,7 +293,7 @@ def _fit_null(
         upper=upper,
         generator=torch.Generator().manual_seed(seed),
     )
-    return result.model, ""
+    return result.model
 
 
 def _null_halves(training: Training, seed: int) -> tuple[LabelledData, LabelledData]:
