@@ -199,9 +199,9 @@ def iter_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[Path, 
 
 # When a scan goes to an executor's workers: from this many files, or bytes, on. Measured on 2 cores: a pool of
 # two spawned workers starts in about 0.1-0.3 s (they import aisec's scanner, never torch), this process scans a
-# small model file in 0.2 ms and hashes 1.5 GB/s. Small pickles, sequential against a pool of two: 1,000 files
-# 0.19 s against 0.21 s, 2,000 files 0.38 s against 0.29-0.34 s, 3,000 files 0.57 s against 0.43 s. A
-# pre-commit hook or a model's folder never pays for a pool; a model hub or a folder of checkpoint shards does.
+# small model file in 0.2 ms and hashes 1.5 GB/s. Small pickles, here against a pool of two (`bench/scale.py
+# scan`, docs/benchmarks.md): 1,000 files 0.16 s against 0.19 s, 2,000 files 0.29 s against 0.28 s, 5,000 files
+# 0.67 s against 0.59 s. A pre-commit hook or a model's folder never pays for a pool; a model hub does.
 SPREAD_MIN_FILES = 2_000
 SPREAD_MIN_BYTES = 1 * GIB
 # A job holds consecutive files, up to this many or this many bytes (a bigger file alone): small files travel
