@@ -77,6 +77,11 @@ def test_bad_executor_settings_are_bad_input(arguments, message) -> None:
         make_executor(**arguments)
 
 
+def test_a_pool_refuses_a_job_it_cannot_ship_before_starting_a_worker() -> None:
+    with pytest.raises(BadInputError, match="cannot be pickled .*importable module-level functions"):
+        LocalProcessExecutor(2).map(square, [functools.partial(lambda x: x, 1)])
+
+
 def test_the_ray_executor_without_ray_says_how_to_install_it(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(BadInputError, match=r"pip install 'aisec\[ray\]'"):

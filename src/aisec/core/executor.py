@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import pickle
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -118,6 +119,7 @@ class LocalProcessExecutor:
     ) -> list[R]:
         if not jobs:
             return []
+        _require_picklable(fn, jobs[0])
         results: dict[int, R] = {}
         call = functools.partial(run_job, fn, self.threads)
         with ProcessPoolExecutor(
@@ -140,6 +142,18 @@ class LocalProcessExecutor:
 
     def close(self) -> None:
         return None
+
+
+def _require_picklable(fn: Callable[[J], R], job: J) -> None:
+    """BadInputError, before any worker starts, when a job cannot travel to another process (a lambda, a function
+    defined in a notebook or inside another function, an open file)."""
+    try:
+        pickle.dumps((fn, job))
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise BadInputError(
+            f"the pool executor ships each job to another process, and this one cannot be pickled ({error}): give "
+            "the factory and recipe as importable module-level functions, or use executor kind in_process or ray"
+        ) from None
 
 
 def make_executor(
