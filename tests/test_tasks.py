@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +55,19 @@ def test_pool_returns_results_in_job_order_and_each_as_it_finishes() -> None:
     assert (
         sorted(seen) == [0, 1, 2, 3] and seen[-1] == 0
     )  # the slow first job finished last and was kept last
+
+
+def worker_pid(_: object) -> int:
+    return os.getpid()
+
+
+def test_a_pool_serves_every_batch_with_the_same_workers_until_closed() -> None:
+    executor = LocalProcessExecutor(1)
+    first = executor.map(worker_pid, [0, 1])
+    assert executor.map(worker_pid, [2]) == first[:1]  # the second batch starts no worker
+    executor.close()
+    assert executor.map(worker_pid, [3]) != first[:1]  # a fresh pool after close
+    executor.close()
 
 
 def test_every_executor_runs_a_job_at_its_thread_count_and_restores_the_callers() -> None:

@@ -20,7 +20,8 @@ import multiprocessing
 import os
 import pickle
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Literal, Protocol, TypeVar
@@ -31,6 +32,7 @@ J = TypeVar("J")
 R = TypeVar("R")
 
 ExecutorKind = Literal["in_process", "pool", "ray"]
+EXECUTOR_KINDS: tuple[ExecutorKind, ...] = ("in_process", "pool", "ray")
 OnResult = Callable[[int, R], None]
 
 
@@ -70,10 +72,25 @@ def run_job(fn: Callable[[J], R], threads: int, job: J) -> R:
         return fn(job)
 
 
-def _check_threads(threads: int) -> int:
+def choice_problem(kind: str, *, workers: int | None = None, ray_options: Collection[str] = ()) -> str | None:
+    """What is wrong with an executor choice, None when nothing: an unknown kind, options of Ray's (named in
+    `ray_options`) for another kind, several workers for the in-process executor. A plan's `executor` section and
+    the command lines check their choices with it."""
+    if kind not in EXECUTOR_KINDS:
+        return f"unknown executor {kind!r}: in_process, pool or ray"
+    if kind != "ray" and ray_options:
+        return f"{', '.join(sorted(ray_options))}: for the ray executor only, not {kind}"
+    if kind == "in_process" and workers not in (None, 1):
+        return "the in_process executor runs one job at a time: use kind pool or ray for several workers"
+    return None
+
+
+def check_counts(workers: int | None, threads: int) -> None:
+    """BadInputError unless `workers` (when given) and `threads` are at least 1."""
+    if workers is not None and workers < 1:
+        raise BadInputError(f"workers must be at least 1, got {workers}")
     if threads < 1:
         raise BadInputError(f"threads per job must be at least 1, got {threads}")
-    return threads
 
 
 class InProcessExecutor:
@@ -82,7 +99,8 @@ class InProcessExecutor:
     kind: ExecutorKind = "in_process"
 
     def __init__(self, *, threads: int = 1) -> None:
-        self.threads = _check_threads(threads)
+        check_counts(None, threads)
+        self.threads = threads
 
     def map(
         self, fn: Callable[[J], R], jobs: Sequence[J], *, on_result: OnResult[R] | None = None
@@ -103,16 +121,20 @@ class LocalProcessExecutor:
     """Runs the jobs on `workers` processes of this machine (default: one per CPU core).
 
     Workers are started with "spawn" (never fork a process whose torch thread pools are running), so a script
-    that uses this executor needs the usual `if __name__ == "__main__":` guard. A pool lives for one `map`.
+    that uses this executor needs the usual `if __name__ == "__main__":` guard. The pool starts with the first
+    `map` (its workers on demand, never more than there are jobs to run) and serves every later one, so that an
+    assessment's batches pay for starting workers once; `close`, or the executor's collection, stops it. A
+    `map` that fails or is interrupted stops it too, and the next `map` starts a fresh one.
     """
 
     kind: ExecutorKind = "pool"
 
     def __init__(self, workers: int | None = None, *, threads: int = 1) -> None:
-        if workers is not None and workers < 1:
-            raise BadInputError(f"workers must be at least 1, got {workers}")
+        check_counts(workers, threads)
         self.workers = workers or os.cpu_count() or 1
-        self.threads = _check_threads(threads)
+        self.threads = threads
+        self._pool: ProcessPoolExecutor | None = None
+        self._stop: weakref.finalize | None = None
 
     def map(
         self, fn: Callable[[J], R], jobs: Sequence[J], *, on_result: OnResult[R] | None = None
@@ -120,28 +142,33 @@ class LocalProcessExecutor:
         if not jobs:
             return []
         _require_picklable(fn, jobs[0])
-        results: dict[int, R] = {}
+        pool = self._started()
         call = functools.partial(run_job, fn, self.threads)
-        with ProcessPoolExecutor(
-            max_workers=min(self.workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")
-        ) as pool:
-            index: dict[Future[R], int] = {pool.submit(call, job): i for i, job in enumerate(jobs)}
-            pending = set(index)
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in sorted(done, key=index.__getitem__):
-                        results[index[future]] = future.result()
-                        if on_result is not None:
-                            on_result(index[future], results[index[future]])
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+        index: dict[Future[R], int] = {pool.submit(call, job): i for i, job in enumerate(jobs)}
+        results: dict[int, R] = {}
+        pending = set(index)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in sorted(done, key=index.__getitem__):
+                    results[index[future]] = future.result()
+                    if on_result is not None:
+                        on_result(index[future], results[index[future]])
+        except BaseException:
+            self.close()  # cancels what has not started; a broken or interrupted pool is not used again
+            raise
         return [results[i] for i in range(len(jobs))]
 
+    def _started(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._stop = weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
+        return self._pool
+
     def close(self) -> None:
-        return None
+        if self._stop is not None:
+            self._stop()
+        self._pool, self._stop = None, None
 
 
 def _require_picklable(fn: Callable[[J], R], job: J) -> None:
@@ -166,6 +193,9 @@ def make_executor(
     gpus_per_task: float = 0.0,
 ) -> Executor:
     """The executor a plan's `executor` section or the CLI's `--executor` names (docs/scale.md)."""
+    problem = choice_problem(kind)
+    if problem is not None:
+        raise BadInputError(problem)
     if kind == "in_process":
         return InProcessExecutor(threads=threads)
     if kind == "pool":
@@ -180,4 +210,4 @@ def make_executor(
             cpus_per_task=cpus_per_task,
             gpus_per_task=gpus_per_task,
         )
-    raise BadInputError(f"unknown executor {kind!r}: in_process, pool or ray")
+    raise AssertionError(kind)

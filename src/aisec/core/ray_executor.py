@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from aisec.core.errors import BadInputError
-from aisec.core.executor import ExecutorKind, OnResult, run_job
+from aisec.core.executor import ExecutorKind, OnResult, check_counts, run_job
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -55,10 +55,7 @@ class RayExecutor:
         cpus_per_task: float = 1.0,
         gpus_per_task: float = 0.0,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise BadInputError(f"workers must be at least 1, got {workers}")
-        if threads < 1:
-            raise BadInputError(f"threads per job must be at least 1, got {threads}")
+        check_counts(workers, threads)
         if cpus_per_task < 0 or gpus_per_task < 0:
             raise BadInputError("cpus_per_task and gpus_per_task must not be negative")
         self.ray = import_ray()
@@ -100,22 +97,24 @@ class RayExecutor:
         slots = self._slots()  # refuses GPU jobs where the cluster has no GPU, before any job is submitted
         limit = self.workers or slots
         results: dict[int, R] = {}
-        index: dict[Any, int] = {}
+        index: dict[Any, int] = {}  # the jobs in flight: Ray's reference -> the job's place
         waiting = iter(enumerate(jobs))
+
+        def submit_next() -> None:
+            following = next(waiting, None)
+            if following is not None:
+                index[call(following[1])] = following[0]
+
         try:
-            for i, job in waiting:
-                index[call(job)] = i
-                if len(index) >= limit:
-                    break
+            for _ in range(limit):
+                submit_next()
             while index:
                 ready, _ = ray.wait(list(index), num_returns=1)
                 i = index.pop(ready[0])
                 results[i] = ray.get(ready[0])
                 if on_result is not None:
                     on_result(i, results[i])
-                for j, job in waiting:
-                    index[call(job)] = j
-                    break
+                submit_next()
         except BaseException:
             for ref in index:
                 ray.cancel(ref, force=True)

@@ -38,74 +38,85 @@ class Unkeyable(TypeError):
     """A job holds something that has no stable fingerprint (an open file, a lock): its result is not cached."""
 
 
-def fingerprint(value: Any) -> bytes:
-    """The canonical bytes that name `value` (see the module's docstring); Unkeyable for what has none."""
+def fingerprint(value: Any, tensors: dict[int, bytes] | None = None) -> bytes:
+    """The canonical bytes that name `value` (see the module's docstring); Unkeyable for what has none.
+    `tensors` memoises tensor digests by identity across calls whose values all stay alive meanwhile (the jobs
+    of one batch share their big inputs: each is hashed once)."""
     digest = hashlib.sha256()
-    _feed(digest, value, set())
+    _feed(digest, value, set(), {} if tensors is None else tensors)
     return digest.digest()
 
 
-def _feed(digest: Any, value: Any, seen: set[int]) -> None:
+def _feed(digest: Any, value: Any, seen: set[int], tensors: dict[int, bytes]) -> None:
     def put(tag: str, *parts: bytes) -> None:
         digest.update(tag.encode() + b"\0")
         for part in parts:
             digest.update(len(part).to_bytes(8, "little") + part)
 
+    def feed(item: Any) -> None:
+        _feed(digest, item, seen, tensors)
+
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         put(type(value).__name__, repr(value).encode())
     elif isinstance(value, torch.Tensor):
-        tensor = value.detach().cpu().contiguous()
-        put("tensor", str(tensor.dtype).encode(), repr(tuple(tensor.shape)).encode(), _tensor_bytes(tensor))
+        if id(value) not in tensors:
+            tensors[id(value)] = _tensor_digest(value)
+        put("tensor", tensors[id(value)])
     elif id(value) in seen:
         put("cycle")
     elif isinstance(value, torch.nn.Module):
         seen.add(id(value))
         put("module", _qualified(type(value)).encode())
-        _feed(digest, value.state_dict(), seen)
+        feed(value.state_dict())
     elif isinstance(value, functools.partial):
         seen.add(id(value))
         put("partial")
         for part in (value.func, value.args, value.keywords):
-            _feed(digest, part, seen)
+            feed(part)
     elif inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.isclass(value):
         put("callable", _qualified(value).encode(), _source(value))
-        _feed(digest, getattr(value, "__defaults__", None), seen)
+        feed(getattr(value, "__defaults__", None))
         for cell in getattr(value, "__closure__", None) or ():
-            _feed(digest, cell.cell_contents, seen)
+            feed(cell.cell_contents)
     elif isinstance(value, (list, tuple)):
         seen.add(id(value))
         put(type(value).__name__, str(len(value)).encode())
         for item in value:
-            _feed(digest, item, seen)
+            feed(item)
     elif isinstance(value, dict):
         seen.add(id(value))
         put("dict", str(len(value)).encode())
         for key in sorted(value, key=repr):
-            _feed(digest, key, seen)
-            _feed(digest, value[key], seen)
+            feed(key)
+            feed(value[key])
     elif isinstance(value, (set, frozenset)):
-        put("set", *sorted(fingerprint(item) for item in value))
+        put("set", *sorted(fingerprint(item, tensors) for item in value))
     elif hasattr(value, "sha256") and hasattr(value, "x") and hasattr(value, "y"):  # LabelledData
         put("data", str(value.sha256).encode())
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         seen.add(id(value))
         put("dataclass", _qualified(type(value)).encode())
         for item in dataclasses.fields(value):
-            _feed(digest, item.name, seen)
-            _feed(digest, getattr(value, item.name), seen)
+            feed(item.name)
+            feed(getattr(value, item.name))
     elif hasattr(value, "model_dump") and hasattr(value, "model_fields"):  # a pydantic section
         put("model", _qualified(type(value)).encode())
-        _feed(digest, value.model_dump(mode="json"), seen)
+        feed(value.model_dump(mode="json"))
     elif isinstance(value, os.PathLike):
         put("path", os.fspath(value).encode())
     else:
         raise Unkeyable(f"no fingerprint for a {type(value).__name__}")
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    if tensor.dtype in (torch.bfloat16, torch.float16):
+def _tensor_digest(value: torch.Tensor) -> bytes:
+    """SHA-256 of a tensor's dtype, shape and values, read in place (no copy of a CPU tensor's bytes)."""
+    tensor = value.detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    if tensor.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
         tensor = tensor.float()
-    return tensor.numpy().tobytes() if tensor.numel() else b""
+    if tensor.numel():
+        digest.update(tensor.numpy().data.cast("B"))
+    return digest.digest()
 
 
 def _qualified(value: Any) -> str:
@@ -123,17 +134,15 @@ def _source_of(code: Any) -> bytes:
 def _source(value: Any) -> bytes:
     """The function's (or class's) source, so that a recipe whose code changed gets new keys; empty for
     builtins and code without a file."""
-    target = getattr(value, "__code__", None) or value
-    try:
-        return _source_of(target)
-    except TypeError:  # unhashable: read it directly
-        return b""
+    return _source_of(getattr(value, "__code__", None) or value)
 
 
-def task_key(fn: Callable[..., Any], job: Any) -> str:
-    """The hex key of running `fn` on `job` under this aisec and torch (raises Unkeyable)."""
+def task_key(fn: Callable[..., Any], job: Any, tensors: dict[int, bytes] | None = None) -> str:
+    """The hex key of running `fn` on `job` under this aisec and torch (raises Unkeyable); `tensors` as for
+    `fingerprint`."""
     digest = hashlib.sha256()
-    for part in (_qualified(fn).encode(), __version__.encode(), torch.__version__.encode(), fingerprint(job)):
+    parts = (_qualified(fn), __version__, torch.__version__)
+    for part in (*(p.encode() for p in parts), fingerprint(job, tensors)):
         digest.update(len(part).to_bytes(8, "little") + part)
     return digest.hexdigest()
 
@@ -154,9 +163,7 @@ class TaskCache:
         try:
             with path.open("rb") as handle:
                 return True, torch.load(handle, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            return False, None
-        except Exception:  # noqa: BLE001 - any unreadable file is recomputed, never trusted
+        except Exception:  # noqa: BLE001 - absent, or unreadable: computed again, never trusted
             return False, None
 
     def put(self, key: str, result: Any) -> None:
@@ -180,9 +187,8 @@ class TaskRunner:
     executor: Executor = dataclasses.field(default_factory=InProcessExecutor)
     cache: TaskCache | None = None
     progress: Progress = dataclasses.field(default_factory=NullProgress)
-    device: str = (
-        "cpu"  # where training jobs put their models ("cuda" with an executor that gives tasks GPUs)
-    )
+    # where training jobs put their models ("cuda" with an executor that gives tasks GPUs)
+    device: str = "cpu"
     executed: int = 0
     reused: int = 0
 
@@ -218,9 +224,10 @@ class TaskRunner:
         if self.cache is None:
             return [None for _ in jobs]
         keys: list[str | None] = []
+        tensors: dict[int, bytes] = {}  # the jobs stay alive meanwhile: a shared tensor is hashed once
         for job in jobs:
             try:
-                keys.append(task_key(fn, job))
+                keys.append(task_key(fn, job, tensors))
             except Unkeyable:
                 keys.append(None)
         return keys
