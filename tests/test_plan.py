@@ -302,7 +302,7 @@ def test_executor_and_tracking_sections(tmp_path):
         ("executor: {kind: dask}", "executor.kind: Input should be 'in_process', 'pool' or 'ray'"),
         (
             "executor: {kind: pool, gpus_per_task: 1}",
-            "gpus_per_task apply to the ray executor only, not pool",
+            "gpus_per_task: for the ray executor only, not pool",
         ),
         ("executor: {kind: in_process, workers: 4}", "the in_process executor runs one job at a time"),
         (

@@ -157,9 +157,9 @@ def test_the_cli_on_a_pool_prints_and_writes_what_it_does_here(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--executor", "threads"], "error: --executor 'threads': choose in_process, pool or ray"),
-        (["--workers", "3"], "error: --workers: the in_process executor scans one file at a time; use --executor pool"),
-        (["--executor", "pool", "--ray-address", "auto"], "error: --ray-address applies to --executor ray only, not pool"),
+        (["--executor", "threads"], "error: --executor: unknown executor 'threads': in_process, pool or ray"),
+        (["--workers", "3"], "error: --executor: the in_process executor runs one job at a time: use kind pool or ray for several workers"),
+        (["--executor", "pool", "--ray-address", "auto"], "error: --executor: --ray-address: for the ray executor only, not pool"),
     ],
 )  # fmt: skip
 def test_bad_executor_choices_are_one_line_and_exit_2(args: list[str], message: str, mixed: Path) -> None:

@@ -28,6 +28,7 @@ from aisec.assessment.registry import PROBES, ProbeSpec, register
 from aisec.assessment.threat_model import ThreatModel
 from aisec.attacks.evasion.registry import ATTACK_NAMES
 from aisec.core.errors import PlanError
+from aisec.core.executor import choice_problem
 from aisec.core.severity import Severity
 from aisec.targets.base import Access
 
@@ -573,14 +574,11 @@ class ExecutorSection(_Section):
     )
 
     @model_validator(mode="after")
-    def _ray_options_for_ray(self) -> ExecutorSection:
-        ray_only = {"address", "cpus_per_task", "gpus_per_task"} & self.model_fields_set
-        if self.kind != "ray" and ray_only:
-            raise ValueError(f"{', '.join(sorted(ray_only))} apply to the ray executor only, not {self.kind}")
-        if self.kind == "in_process" and self.workers not in (None, 1):
-            raise ValueError(
-                "the in_process executor runs one job at a time: use kind pool or ray for workers"
-            )
+    def _options_fit_the_kind(self) -> ExecutorSection:
+        ray_options = {"address", "cpus_per_task", "gpus_per_task"} & self.model_fields_set
+        problem = choice_problem(self.kind, workers=self.workers, ray_options=ray_options)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

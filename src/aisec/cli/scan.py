@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 FORMATS = ("text", "json", "sarif")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-EXECUTORS = ("in_process", "pool", "ray")
 VERDICT_STYLE = {"safe": "green", "suspicious": "yellow", "error": "magenta", "unsafe": "red"}
 _FLAGS = {"-q": "quiet", "--quiet": "quiet", "--no-hash": "no_hash"}
 _VALUES = {
@@ -101,21 +100,17 @@ def parse(args: list[str]) -> ScanOptions | None:
 def scan_executor(options: ScanOptions) -> Executor | None:
     """The executor `--executor`, `--workers` and `--ray-address` ask for, checked as a plan's `executor` section
     is (BadInputError); None for this process, the default."""
+    from aisec.core.executor import choice_problem, make_executor
+
     kind = "in_process" if options.executor is None else options.executor
-    if kind not in EXECUTORS:
-        raise BadInputError(f"--executor {kind!r}: choose in_process, pool or ray")
-    if options.ray_address is not None and kind != "ray":
-        raise BadInputError(f"--ray-address applies to --executor ray only, not {kind}")
+    ray_options = ("--ray-address",) if options.ray_address is not None else ()
+    problem = choice_problem(kind, workers=options.workers, ray_options=ray_options)
+    if problem is not None:
+        raise BadInputError(f"--executor: {problem}")
     if options.ray_address == "":
         raise BadInputError("--ray-address is empty: give local, auto, host:port or ray://host:port")
     if kind == "in_process":
-        if options.workers not in (None, 1):
-            raise BadInputError(
-                "--workers: the in_process executor scans one file at a time; use --executor pool"
-            )
         return None
-    from aisec.core.executor import make_executor
-
     address = "local" if options.ray_address is None else options.ray_address
     return make_executor(cast("ExecutorKind", kind), workers=options.workers, address=address)
 
