@@ -166,7 +166,9 @@ def test_a_gradient_shaped_model_with_batch_norm_comes_back_as_gradient_shaping_
     data = LabelledData(digits.train.x[:200], digits.train.y[:200])
     shaping = GradientShapingSection()
     training = Training(data, _normalised_mlp, RECIPE)
-    (model,) = retrain_all(TaskRunner(), training, [Retraining(data, SEED, shaping)], what="shaping")
+    model = retrain_all(TaskRunner(), training, {"shaped": Retraining(data, SEED, shaping)}, what="shaping")[
+        "shaped"
+    ]
     assert isinstance(model[2], nn.GroupNorm)
     expected = fit_with_gradient_shaping(
         build_model(_normalised_mlp, SEED), data, seed=SEED, **shaping.model_dump()

@@ -35,6 +35,7 @@ from aisec.assessment.probes.backdoor_findings import (
 )
 from aisec.assessment.probes.retraining import (
     Retraining,
+    detection_rows,
     reference_and_evaluation,
     required_training,
     retrain_all,
@@ -114,11 +115,11 @@ class BackdoorProbe:
                            upper=upper, generator=torch.Generator().manual_seed(seed + 11))
             for trigger, rate in work
         ]  # fmt: skip
-        models = [Retraining(training.data, seed), *(Retraining(poisoned.data, seed) for poisoned in poisons)]
-        clean, *backdoored = retrain_all(
-            context.tasks, training, models, what="backdoor: clean and backdoored models"
-        )
-        clean_accuracy = accuracy(clean, evaluation)
+        models: dict[str | int, Retraining] = {"clean": Retraining(training.data, seed)}
+        models |= {i: Retraining(poisoned.data, seed) for i, poisoned in enumerate(poisons)}
+        trained = retrain_all(context.tasks, training, models, what="backdoor: clean and backdoored models")
+        clean_accuracy = accuracy(trained["clean"], evaluation)
+        backdoored = [trained[i] for i in range(len(poisons))]
         measures = [
             functools.partial(measure_backdoor, test=evaluation, trigger=trigger,
                               target_class=config.target_class, lower=lower, upper=upper)
@@ -134,30 +135,31 @@ class BackdoorProbe:
         # it leaves 98-100 % attack success on digits, tests/test_gradient_shaping.py): one slow training saved
         # per rate.
         shaping = context.defences.gradient_shaping if context.defences else None
-        retrain_repair = "retrain" in config.repair
-        repairs = []
-        for (_, rate), poisoned, screening in zip(work, poisons, screenings, strict=True):
-            if retrain_repair:
-                repairs.append(Retraining(poisoned.without(screening.flagged), seed))
+        repairs: dict[tuple[int, str], Retraining] = {}
+        for i, ((_, rate), poisoned, screening) in enumerate(zip(work, poisons, screenings, strict=True)):
+            if "retrain" in config.repair:
+                repairs[i, "cleaned"] = Retraining(poisoned.without(screening.flagged), seed)
             if shaping is not None and rate == low_rate:
-                repairs.append(Retraining(poisoned.data, seed, shaping))
-        repaired = iter(retrain_all(context.tasks, training, repairs, what="backdoor: repairs"))
+                repairs[i, "shaped"] = Retraining(poisoned.data, seed, shaping)
+        repaired = retrain_all(context.tasks, training, repairs, what="backdoor: repairs")
         runs: list[Run] = []
         strip_rows: list[tuple] = []
         scans: list[tuple[str, NeuralCleanseResult]] = []
         with context.progress.task("backdoor: repairs, STRIP and scans measured", total=len(work)) as task:
-            for (trigger, rate), poisoned, model, measure, screening, before in zip(
-                work, poisons, backdoored, measures, screenings, planted, strict=True
+            for i, ((trigger, rate), poisoned, model, measure, screening, before) in enumerate(
+                zip(work, poisons, backdoored, measures, screenings, planted, strict=True)
             ):
                 fixes: list[Repair] = []
-                if retrain_repair:
+                if (i, "cleaned") in repaired:
                     cost = (f"{int(screening.flagged.sum())} samples removed, screening {screening.seconds:.1f} s, "
                             "one retraining")  # fmt: skip
-                    fixes.append(Repair("retrain without flagged samples", measure(next(repaired)), cost))
-                if shaping is not None and rate == low_rate:
+                    fixes.append(
+                        Repair("retrain without flagged samples", measure(repaired[i, "cleaned"]), cost)
+                    )
+                if shaping is not None and (i, "shaped") in repaired:
                     fixes.append(Repair(
                         f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
-                        measure(next(repaired)),
+                        measure(repaired[i, "shaped"]),
                         "training with per-example clipping and noise",
                     ))  # fmt: skip
                 if rate == top_rate:
@@ -216,12 +218,8 @@ def _screen(model: nn.Module, poisoned: PoisonedData, reference: LabelledData, s
     started = time.perf_counter()
     screening = screen_for_backdoor(model, poisoned.data, reference, seed=seed)
     seconds = time.perf_counter() - started
-    detection = []
-    for ranking in (*screening.rankings, screening.combined):
-        score = ranking.score_against(poisoned.poisoned)
-        label = "all three (union)" if ranking is screening.combined else ranking.method
-        detection.append((label, score.flagged, score.precision, score.recall))
-    return _Screening(tuple(detection), screening.combined.flagged, seconds)
+    detection = detection_rows(screening.rankings, screening.combined, poisoned.poisoned, "all three (union)")
+    return _Screening(detection, screening.combined.flagged, seconds)
 
 
 def _fine_pruned(

@@ -81,7 +81,9 @@ def _fit(tasks: TaskRunner, training: Training) -> Fit | None:
 
     def fit(x: np.ndarray, y: np.ndarray, seed: int) -> Predict:
         data = LabelledData(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
-        (model,) = retrain_all(tasks, training, [Retraining(data, seed)], what="data validation: retraining")
+        model = retrain_all(
+            tasks, training, {"model": Retraining(data, seed)}, what="data validation: retraining"
+        )["model"]
 
         def predict(inputs: np.ndarray) -> np.ndarray:
             with torch.no_grad():

@@ -20,7 +20,7 @@ from aisec.assessment.finding import Chart, Finding, Gallery, Metric, Picture, P
 from aisec.assessment.images import is_image, pixels
 from aisec.assessment.plan import PoisoningProbeSection
 from aisec.assessment.probe import AssessmentContext, Training
-from aisec.assessment.probes.retraining import Retraining, required_training, retrain_all
+from aisec.assessment.probes.retraining import Retraining, detection_rows, required_training, retrain_all
 from aisec.assessment.probes.served import cell
 from aisec.assessment.rules import LABEL_AUDIT, LABEL_FLIP_DEFENCES, LABEL_FLIPS
 from aisec.attacks.poisoning.label_flip import random_label_flip, targeted_label_flip
@@ -111,37 +111,42 @@ class PoisoningProbe:
         flips = [
             _flip(training.data, attack, rate, num_classes, source, target, seed) for attack, rate in work
         ]
-        models = [Retraining(training.data, seed), *(Retraining(flipped.data, seed) for flipped in flips)]
+        models: dict[str | int, Retraining] = {"clean": Retraining(training.data, seed)}
+        models |= {i: Retraining(flipped.data, seed) for i, flipped in enumerate(flips)}
         trained = retrain_all(context.tasks, training, models, what="poisoning: clean and poisoned models")
-        baseline, *accuracies = [measure(model) for model in trained]
+        baseline = measure(trained["clean"])
         audits = []
         with context.progress.task("poisoning: auditing the poisoned labels", total=len(work)) as task:
             for flipped in flips:
                 audits.append(_detect(flipped, num_classes, config.folds, seed))
                 task.advance()
         shaping = context.defences.gradient_shaping if context.defences else None
-        repairs = []
-        for flipped, (_, flagged) in zip(flips, audits, strict=True):
-            repairs.append(Retraining(flipped.without(flagged), seed))
-            if shaping is not None:
-                repairs.append(Retraining(flipped.data, seed, shaping))
-        trained = retrain_all(context.tasks, training, repairs, what="poisoning: repairs")
-        repaired = iter([measure(model) for model in trained])
+        repairs = {
+            (i, "cleaned"): Retraining(f.without(flagged), seed)
+            for i, (f, (_, flagged)) in enumerate(zip(flips, audits, strict=True))
+        }
+        if shaping is not None:
+            repairs |= {(i, "shaped"): Retraining(f.data, seed, shaping) for i, f in enumerate(flips)}
+        repaired = retrain_all(context.tasks, training, repairs, what="poisoning: repairs")
         runs = []
-        for (attack, _), flipped, accuracy, (detection, flagged) in zip(
-            work, flips, accuracies, audits, strict=True
+        for i, ((attack, _), flipped, (detection, flagged)) in enumerate(
+            zip(work, flips, audits, strict=True)
         ):
             fixes = [
-                ("retrain without flagged samples", next(repaired), f"{int(flagged.sum())} samples removed")
+                (
+                    "retrain without flagged samples",
+                    measure(repaired[i, "cleaned"]),
+                    f"{int(flagged.sum())} samples removed",
+                )
             ]
             if shaping is not None:
                 fixes.append((
                     f"gradient shaping (clip {shaping.max_grad_norm:g}, noise {shaping.noise_multiplier:g})",
-                    next(repaired),
+                    measure(repaired[i, "shaped"]),
                     "training with per-example clipping and noise",
                 ))  # fmt: skip
-            flipped_count = int(flipped.poisoned.sum())
-            runs.append(_Run(attack, flipped.rate, flipped_count, accuracy, detection, tuple(fixes)))
+            count = int(flipped.poisoned.sum())
+            runs.append(_Run(attack, flipped.rate, count, measure(trained[i]), detection, tuple(fixes)))
         provenance = context.provenance(
             len(data),
             {
@@ -180,12 +185,7 @@ def _detect(
     """Each detector's (name, flagged, precision, recall) against the known flips, and what either flags."""
     rankings = _audit(poisoned.data, num_classes, folds, seed).rankings
     combined = union(rankings)
-    detection = []
-    for ranking in (*rankings, combined):
-        score = ranking.score_against(poisoned.poisoned)
-        label = "either (union)" if ranking is combined else ranking.method
-        detection.append((label, score.flagged, score.precision, score.recall))
-    return tuple(detection), combined.flagged
+    return detection_rows(rankings, combined, poisoned.poisoned, "either (union)"), combined.flagged
 
 
 def _accuracy(model: torch.nn.Module, *, data: LabelledData, source: int) -> _Accuracy:

@@ -1,14 +1,16 @@
 """What the training-time probes (poisoning, backdoor, data validation) share: the plan's recipe run on changed
 training sets as one batch of jobs of the assessment's task runner (any executor trains them, a rerun reads them
-back from its cache), the split of the assessment data into a trusted reference and an evaluation half, and
-scalar input bounds."""
+back from its cache), the detection table of their poison screening, the split of the assessment data into a
+trusted reference and an evaluation half, and scalar input bounds."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import torch
 from torch import nn
 
 from aisec.assessment.plan import GradientShapingSection
@@ -19,9 +21,11 @@ from aisec.core.tasks import TaskRunner
 from aisec.core.train_jobs import TrainJob, trained_models
 from aisec.data.dataset import LabelledData
 from aisec.defend.data_quality.gradient_shaping import fit_with_gradient_shaping, private_model
+from aisec.defend.data_quality.suspects import SuspectRanking
 from aisec.targets.base import InputSpec
 
 MIN_HALF = 50  # samples in each half of the assessment data
+K = TypeVar("K", bound=Hashable)
 
 
 def required_training(context: AssessmentContext, probe: str) -> Training:
@@ -45,11 +49,11 @@ class Retraining:
 
 
 def retrain_all(
-    tasks: TaskRunner, training: Training, work: Sequence[Retraining], *, what: str
-) -> list[nn.Module]:
+    tasks: TaskRunner, training: Training, work: Mapping[K, Retraining], *, what: str
+) -> dict[K, nn.Module]:
     """Every retraining of `work` as one batch of `tasks` (run in parallel by a pool or Ray, read back from its
-    cache on a rerun), the models in evaluation mode on the CPU and in the order of `work`. The initial weights
-    are `build_model(factory, seed)`, so that two runs of a plan retrain identical models."""
+    cache on a rerun), each model under its key, in evaluation mode on the CPU. The initial weights are
+    `build_model(factory, seed)`, so that two runs of a plan retrain identical models."""
     model_fn, fit = training.model_fn, training.fit
     assert model_fn is not None and fit is not None
     jobs = [
@@ -62,9 +66,23 @@ def retrain_all(
             item.seed,
             tasks.device,
         )
-        for item in work
+        for item in work.values()
     ]
-    return trained_models(tasks, jobs, what=what)
+    return dict(zip(work, trained_models(tasks, jobs, what=what), strict=True))
+
+
+def detection_rows(
+    rankings: Sequence[SuspectRanking], combined: SuspectRanking, poisoned: torch.Tensor, union: str
+) -> tuple[tuple[str, int, float, float], ...]:
+    """Each detector's (name, flagged, precision, recall) against the planted poison, then their union's (named
+    `union`): the detection table of the poisoning and backdoor findings."""
+    rows = []
+    for ranking in (*rankings, combined):
+        score = ranking.score_against(poisoned)
+        rows.append(
+            (union if ranking is combined else ranking.method, score.flagged, score.precision, score.recall)
+        )
+    return tuple(rows)
 
 
 def reference_and_evaluation(context: AssessmentContext) -> tuple[LabelledData, LabelledData]:
