@@ -14,6 +14,9 @@ Parts (each prints a Markdown table; docs/benchmarks.md records them):
   resnet       ResNet-18's training FLOPs per CIFAR-10 image (counted) and images per second on this CPU and
                on CUDA where present: the per-shadow cost that docs/scale.md extrapolates to a GPU cluster.
   scan         `aisec scan`'s scanner over 1,000-5,000 small pickles in this process and on a pool of two.
+  mlflow       one assessment logged to a new SQLite tracking store, then to the same store again.
+  keys         the cache keys of 16 CIFAR-shaped shadow jobs sharing their inputs: one job at a time against the
+               runner's batch, which hashes a shared tensor once.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale.py                  # all parts, about 10 minutes on 2 cores
     OMP_NUM_THREADS=1 .venv/bin/python bench/scale.py efficiency --repeats 1 --shadows 16    # a quick look
@@ -273,6 +276,80 @@ def resume(args: argparse.Namespace) -> None:
     print(f"\nFindings after the resumed run identical to an uninterrupted run: {'yes' if same else 'NO'}.")
 
 
+# -- keys: naming a batch's jobs for the cache ----------------------------------------------------------------------
+
+
+def keys(args: argparse.Namespace) -> None:
+    """Keys of CIFAR-shaped shadow jobs that share their evaluation inputs (10,000 images, 123 MB) and each carry
+    their own training subset (2,500 images): one job at a time (`task_key` alone, every shared tensor hashed
+    again for each job) against the runner's batch (each shared tensor hashed once)."""
+    from aisec.attacks.inference.membership import ShadowJob
+    from aisec.core.tasks import task_key
+    from aisec.core.train_jobs import run_train_job
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(10_000, 3, 32, 32, generator=generator)
+    trainer = ShadowTrainer(digits_cnn, functools.partial(fit, epochs=1))
+    jobs = [
+        ShadowJob(trainer, LabelledData(torch.rand(2_500, 3, 32, 32, generator=generator),
+                                        torch.randint(10, (2_500,), generator=generator)), inputs, seed)
+        for seed in range(args.key_jobs)
+    ]  # fmt: skip
+    for job in jobs:
+        _ = job.data.sha256  # a data set's digest is computed once and kept on it, by both ways
+    alone, shared = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        one_by_one = [task_key(run_train_job, job) for job in jobs]
+        alone.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        memo: dict[int, bytes] = {}
+        batch = [task_key(run_train_job, job, memo) for job in jobs]
+        shared.append(time.perf_counter() - start)
+        assert batch == one_by_one
+    a, b = statistics.median(alone), statistics.median(shared)
+    print(f"\n### Keys of {args.key_jobs} shadow jobs sharing 123 MB of inputs (median of {args.repeats})\n")
+    print("| how | seconds, median | runs |")
+    print("|---|---|---|")
+    print(f"| each job hashed alone | {a:.2f} | {', '.join(f'{v:.2f}' for v in alone)} |")
+    print(f"| the batch, shared tensors once | {b:.2f} | {', '.join(f'{v:.2f}' for v in shared)} |")
+    print(f"\nRatio {b / a:.2f}.")
+
+
+# -- mlflow: logging an assessment as a run -------------------------------------------------------------------------
+
+
+def mlflow_logging(args: argparse.Namespace) -> None:
+    """`log_assessment` of one evasion assessment (a logistic regression on digits, its reports written) to a new
+    SQLite tracking store, then to the same store again `--repeats` times."""
+    from sklearn.linear_model import LogisticRegression
+
+    import aisec
+    from aisec.report.mlflow_run import log_assessment
+
+    split = load_builtin("digits", seed=0)
+    flat = split.train.x.flatten(1).numpy()
+    model = LogisticRegression(max_iter=500).fit(flat, split.train.y.numpy())
+    plan = {"threat_model": {"budgets": [0.1]}, "probes": {"evasion": {"attacks": ["apgd-ce"]}}}
+    result = aisec.assess(model, split.test.x[:100].flatten(1).numpy(), split.test.y[:100].numpy(), plan=plan)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = result.save(Path(folder) / "reports")
+        uri = f"sqlite:///{folder}/mlflow.db"
+        start = time.perf_counter()
+        log_assessment(result.assessment, paths, None, uri=uri)
+        first = time.perf_counter() - start
+        again = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            log_assessment(result.assessment, paths, None, uri=uri)
+            again.append(time.perf_counter() - start)
+    print("\n### MLflow: one assessment logged as a run (reports as artefacts), SQLite store\n")
+    print(
+        f"New store: {first:.2f} s (MLflow creates its tables). Existing store: median "
+        f"{statistics.median(again):.2f} s ({', '.join(f'{v:.2f}' for v in again)})."
+    )
+
+
 # -- resnet: the per-shadow cost the cluster extrapolation in docs/scale.md starts from ------------------------------
 
 
@@ -407,19 +484,22 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "parts", nargs="*", default=["identical", "efficiency", "overhead", "resume", "resnet", "scan"]
+        "parts",
+        nargs="*",
+        default=["identical", "efficiency", "overhead", "resume", "resnet", "scan", "keys", "mlflow"],
     )
     parser.add_argument("--shadows", type=int, default=64, help="shadow models in the efficiency part")
     parser.add_argument("--plan-shadows", type=int, default=16, help="shadow models in the plans")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=2000, help="no-op tasks in the overhead part")
     parser.add_argument("--kill-after", type=int, nargs="+", default=[3, 8, 12])
+    parser.add_argument("--key-jobs", type=int, default=16, help="jobs in the keys part")
     parser.add_argument("--scan-files", type=int, nargs="+", default=[1000, 2000, 3000, 5000])
     parser.add_argument("--resnet-steps", type=int, default=5, help="training steps timed in the resnet part")
     args = parser.parse_args()
     torch.set_num_threads(1)
     parts: dict[str, Callable[[argparse.Namespace], None]] = {
-        "identical": identical, "efficiency": efficiency, "overhead": overhead, "resume": resume, "resnet": resnet, "scan": scan,
+        "identical": identical, "efficiency": efficiency, "overhead": overhead, "resume": resume, "resnet": resnet, "scan": scan, "keys": keys, "mlflow": mlflow_logging,
     }  # fmt: skip
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, ray {import_ray().__version__}")
     for part in args.parts:
