@@ -30,18 +30,11 @@ from aisec.assessment.plan import Plan, validate_plan  # noqa: E402
 from aisec.core.attack_class import AttackClass  # noqa: E402
 from aisec.core.errors import BadInputError  # noqa: E402
 from aisec.core.severity import Severity  # noqa: E402
-from aisec.report import write_reports  # noqa: E402
+from aisec.report import FORMAT_FILES, write_reports  # noqa: E402
 from aisec.report.mlflow_run import MAX_KEY, MAX_PARAM_VALUE, TELEMETRY_SWITCH, log_assessment  # noqa: E402
 
 PROVENANCE = Provenance("0.1.0", 7, 200, "a" * 64, "b" * 64, {"norm": "linf"})
-REPORTS = {
-    "report.json",
-    "report.html",
-    "report.sarif",
-    "report.junit.xml",
-    "model_card.md",
-    "model_card.json",
-}
+REPORTS = {name for files in FORMAT_FILES.values() for name in files}  # every file write_reports writes
 
 
 def _shortcut(flagged: bool, share: float) -> Finding:
